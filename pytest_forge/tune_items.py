@@ -1,0 +1,294 @@
+"""``pytest --forge-tune``: a recipe's tune as tests — the baseline, one per candidate slot,
+and the winner's confirmation — driving the Tuner through the gate's own pipeline."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+from pytest_forge.errors import ForgeError, ServerError
+from pytest_forge.items import ForgeFailure, RecipeFile, forge_session
+from pytest_forge.pipeline import GateOptions, run_case
+from pytest_forge.recipe import Recipe
+from pytest_forge.server import VllmServer
+from pytest_forge.workload import discover_workloads, load_workload
+
+if TYPE_CHECKING:
+    from pytest_forge.session import ForgeSession
+    from pytest_forge.tune.tuner import Evaluation, ExperimentOutcome, Tuner, TuneResult
+
+
+@dataclass
+class RecipeTune:
+    """The tune of one recipe within a pytest run."""
+
+    tuner: Tuner
+    outcomes: list[ExperimentOutcome] = field(default_factory=list)
+    result: TuneResult | None = None
+    baseline_error: str | None = None
+
+
+_TUNES_KEY = pytest.StashKey[dict[str, RecipeTune]]()
+
+
+def _agent_spec(session: ForgeSession) -> tuple[str, str]:
+    from pytest_forge.tune.agent import default_agent_spec
+
+    if session.config.agent:
+        return session.config.agent, "set by --forge-agent"
+    spec = default_agent_spec(os.environ)
+    why = "ANTHROPIC_API_KEY is set" if spec != "playbook" else "ANTHROPIC_API_KEY is not set"
+    return spec, f"default: {why}"
+
+
+def tune_header(session: ForgeSession) -> str:
+    spec, why = _agent_spec(session)
+    c = session.config
+    return (
+        f"forge tune: agent {spec} ({why}); budget {c.budget} per recipe; objective "
+        f"{c.objective}; min improvement {c.min_improvement:.1%}"
+        + ("; resuming the latest unfinished run" if c.resume else "")
+    )
+
+
+def _resumable_store(session: ForgeSession, recipe: Recipe) -> Path | None:
+    """The latest unfinished tune run of this recipe, when --forge-resume is given."""
+    runs = session.config.run_root / "runs"
+    if not session.config.resume or not runs.is_dir():
+        return None
+    for run in sorted(runs.iterdir(), reverse=True):
+        cfg = run / "config.json"
+        if (run / "completed.json").exists() or not cfg.exists():
+            continue
+        try:
+            if json.loads(cfg.read_text()).get("recipe_id") == recipe.id:
+                return run
+        except (OSError, ValueError):
+            continue
+    return None
+
+
+def _budget(session: ForgeSession, recipe: Recipe) -> int:
+    run = _resumable_store(session, recipe)
+    if run is not None:
+        stored = json.loads((run / "config.json").read_text())
+        return int(stored.get("budget", session.config.budget))
+    return session.config.budget
+
+
+def tune_items(
+    parent: RecipeFile, recipe: Recipe, skip_reason: str | None, check_error: str | None
+) -> Iterator[pytest.Item]:
+    session = forge_session(parent.config)
+    budget = _budget(session, recipe)
+    names = ["baseline"] + [f"{i:02d}" for i in range(1, budget + 1)] + ["winner"]
+    for name in names:
+        item = TuneItem.from_parent(parent, name=f"tune[{name}]", slot=name, check_error=check_error)
+        if skip_reason:
+            item.add_marker(pytest.mark.skip(reason=skip_reason))
+        yield item
+
+
+def _config_record(session: ForgeSession, recipe: Recipe, agent_spec: str) -> dict[str, Any]:
+    c = session.config
+    return {
+        "recipe_id": recipe.id,
+        "recipe_path": str(recipe.path),
+        "agent": agent_spec,
+        "budget": c.budget,
+        "max_hours": c.max_hours,
+        "max_dollars": c.max_dollars,
+        "min_improvement": c.min_improvement,
+        "objective": c.objective,
+        "playbook": str(c.playbook) if c.playbook else None,
+        "patience": c.patience,
+        "repeats": c.repeats,
+        "accuracy_floor": c.accuracy_floor,
+        "workloads_dir": str(c.workloads_dir),
+        "boot_timeout_s": c.boot_timeout_s,
+        "hardware": session.hardware.describe(),
+        "vllm": session.vllm_version,
+    }
+
+
+def _make_evaluate(session: ForgeSession, recipe_file: RecipeFile, log_dir: Path):
+    """Evaluate a candidate through the gate's path: one boot, every workload, then stop."""
+    from pytest_forge.tune.tuner import Evaluation
+
+    available = discover_workloads(session.config.workloads_dir)
+
+    def evaluate(candidate: Recipe) -> Evaluation:
+        names = candidate.workloads if candidate.workloads is not None else list(available)
+        workloads = [load_workload(available[n]) for n in names if n in available]
+        if not workloads:
+            raise ForgeError(f"recipe {candidate.id}: none of its workloads {names} exist")
+        server = VllmServer(candidate, log_dir, boot_timeout_s=session.config.boot_timeout_s)
+        session.boots += 1
+        measurements: dict[str, Any] = {}
+        verdicts: dict[str, Any] = {}
+        try:
+            endpoint = server.start()
+            for workload in workloads:
+                progress = _progress(recipe_file, f"{candidate.id}:{workload.name}")
+                result = run_case(
+                    candidate,
+                    workload,
+                    endpoint,
+                    GateOptions(
+                        repeats=session.config.repeats,
+                        accuracy_floor=session.config.accuracy_floor,
+                    ),
+                    vllm_version=session.vllm_version,
+                    health_check=server.check_alive,
+                    on_progress=progress.update,
+                )
+                progress.done()
+                measurements[workload.name] = result.measurement
+                verdicts[workload.name] = result.verdict
+        except ServerError as exc:
+            return Evaluation(measurements, verdicts, error=str(exc))
+        finally:
+            server.stop()
+        return Evaluation(measurements, verdicts, error=None)
+
+    return evaluate
+
+
+def _progress(node: pytest.Node, label: str):
+    from pytest_forge import report
+
+    return report.progress_printer(node.config, label)
+
+
+def _recipe_tune(item: TuneItem) -> RecipeTune:
+    from pytest_forge.hardware import quant_supported  # noqa: F401  (gates live in the agent)
+    from pytest_forge.tune.agent import make_agent
+    from pytest_forge.tune.playbook import hardware_class, load_playbook
+    from pytest_forge.tune.store import RunStore
+    from pytest_forge.tune.tuner import TuneOptions, Tuner
+
+    session = forge_session(item.config)
+    tunes = item.config.stash.setdefault(_TUNES_KEY, {})
+    parent = item.parent
+    assert isinstance(parent, RecipeFile) and parent.recipe is not None
+    key = str(parent.path)
+    if key in tunes:
+        return tunes[key]
+    recipe = parent.recipe
+    if session.config.endpoint_url:
+        raise ForgeError("--forge-tune boots its own candidates; it cannot use --forge-endpoint")
+    spec, _ = _agent_spec(session)
+    resumed = _resumable_store(session, recipe)
+    if resumed is not None:
+        store = RunStore.open(resumed)
+        stored = json.loads((resumed / "config.json").read_text())
+        spec = stored.get("agent", spec)
+        options = TuneOptions(
+            budget=int(stored["budget"]),
+            max_hours=stored.get("max_hours"),
+            max_dollars=stored.get("max_dollars"),
+            min_improvement=float(stored.get("min_improvement", 0.02)),
+            objective=stored.get("objective", "throughput"),
+            patience=int(stored.get("patience", 3)),
+        )
+        playbook_path = Path(stored["playbook"]) if stored.get("playbook") else None
+    else:
+        store = RunStore.create(
+            session.config.run_root / "runs", _config_record(session, recipe, spec)
+        )
+        c = session.config
+        options = TuneOptions(
+            budget=c.budget,
+            max_hours=c.max_hours,
+            max_dollars=c.max_dollars,
+            min_improvement=c.min_improvement,
+            objective=c.objective,
+            patience=c.patience,
+        )
+        playbook_path = c.playbook
+    playbook = load_playbook(playbook_path)
+    hw_class = hardware_class(session.hardware)
+    if hw_class not in playbook.spaces:
+        raise ForgeError(f"the playbook has no search space for hardware class {hw_class}")
+    agent = make_agent(spec, playbook, os.environ)
+    tuner = Tuner(
+        recipe,
+        agent,
+        store,
+        options,
+        hardware=session.hardware,
+        hardware_class=hw_class,
+        search_space=playbook.spaces[hw_class],
+        evaluate=_make_evaluate(session, parent, store.server_log_dir),
+        measured_with=session.measured_with,
+    )
+    tunes[key] = RecipeTune(tuner)
+    return tunes[key]
+
+
+class TuneItem(pytest.Item):
+    def __init__(self, *, slot: str, check_error: str | None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.slot = slot
+        self.check_error = check_error
+        self.forge_status: str | None = None
+
+    def runtest(self) -> None:
+        if self.check_error:
+            raise ForgeFailure(self.check_error)
+        tune = _recipe_tune(self)
+        if self.slot == "baseline":
+            outcome = tune.tuner.run_baseline()
+        elif self.slot == "winner":
+            self._finish(tune)
+            return
+        else:
+            outcome = tune.tuner.run_slot(int(self.slot))
+        tune.outcomes.append(outcome)
+        self._report(outcome)
+
+    def _report(self, outcome: ExperimentOutcome) -> None:
+        self.user_properties.append(("forge_status", outcome.status))
+        if outcome.score is not None:
+            self.user_properties.append(("score", f"{outcome.score:.4f}"))
+        for workload, head in (outcome.metrics or {}).items():
+            for metric in ("output_throughput", "ttft_p99_ms", "tpot_p99_ms"):
+                if head.get(metric) is not None:
+                    self.user_properties.append((f"{workload}.{metric}", f"{head[metric]:.6g}"))
+        text = outcome.summary()
+        if outcome.status in ("baseline", "kept"):
+            print(text)
+            return
+        if outcome.status == "skipped":
+            pytest.skip(text)
+        if outcome.status == "error":
+            raise ForgeFailure(text)
+        # Ran and lost, broke a floor, crashed vLLM, or an invalid proposal: an honest
+        # "rejected", which is no failure of the tune (a finished tune exits 0).
+        self.forge_status = "rejected"
+        pytest.xfail(f"rejected: {text}")
+
+    def _finish(self, tune: RecipeTune) -> None:
+        result = tune.tuner.finalize(remeasure=True)
+        tune.result = result
+        self.user_properties.append(("forge_status", "winner" if result.winner else "none"))
+        print(result.message)
+
+    def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style=None) -> str:
+        if isinstance(excinfo.value, ForgeFailure | ForgeError):
+            return str(excinfo.value)
+        return super().repr_failure(excinfo, style=style)
+
+    def reportinfo(self) -> tuple[Path, int | None, str]:
+        return self.path, None, f"{self.parent.name}::{self.name}"
+
+
+def tune_summary(session: ForgeSession) -> str:
+    del session
+    return ""
