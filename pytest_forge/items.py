@@ -102,7 +102,7 @@ class ErrorItem(pytest.Item):
         return str(excinfo.value)
 
     def reportinfo(self) -> tuple[Path, int | None, str]:
-        return self.path, None, self.name
+        return self.path, 0, self.name
 
 
 class GateItem(pytest.Item):
@@ -168,4 +168,4 @@ class GateItem(pytest.Item):
         return super().repr_failure(excinfo, style=style)
 
     def reportinfo(self) -> tuple[Path, int | None, str]:
-        return self.path, None, f"{self.parent.name}::{self.name}"
+        return self.path, 0, f"{self.parent.name}::{self.name}"

@@ -331,8 +331,12 @@ class Measurement:
         return {r.request_id: r.output_text if r.success else None for r in self.records[0]}
 
     @property
-    def failed_requests(self) -> list[RequestRecord]:
-        """Every failed request of every repeat."""
+    def failed_requests(self) -> int:
+        """How many requests failed, over every repeat."""
+        return sum(r.failed for r in self.repeats)
+
+    def failures(self) -> list[RequestRecord]:
+        """Every failed request of every repeat, with its error text."""
         return [r for recs in self.records for r in recs if not r.success]
 
     def headline(self) -> dict[str, float | int | str | None]:
@@ -351,7 +355,7 @@ class Measurement:
         )
         out: dict[str, float | int | str | None] = {k: self.median(k) for k in keys}
         # Counts are totals over repeats: a median would hide one repeat's failure.
-        out["failed"] = sum(r.failed for r in self.repeats)
+        out["failed"] = self.failed_requests
         out["completed"] = sum(r.completed for r in self.repeats)
         out["cv"] = self.cv("output_throughput")
         out["repeats"] = len(self.repeats)

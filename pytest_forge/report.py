@@ -108,7 +108,9 @@ def summary_rows(results: Iterable[CaseResult]) -> list[list[str]]:
                 r.recipe_id,
                 r.workload,
                 _num(head.get("output_throughput")),
-                "no baseline" if r.verdict.baseline is None else f"{change:+.1%}",
+                "no baseline"
+                if r.verdict.baseline is None
+                else ("-" if change is None else f"{change:+.1%}"),
                 _num(head.get("ttft_p99_ms")),
                 _num(head.get("tpot_p99_ms"), "{:.2f}"),
                 _num(r.accuracy.value if r.accuracy else None, "{:.3f}"),

@@ -351,8 +351,8 @@ class VllmServer:
         if self.resolved_launcher() == "vllm-serve":
             exe = _vllm_executable(self.python) or "vllm"
             return [exe, "serve", model, *serve_args]
-        return [self.python, "-m", "vllm.entrypoints.openai.api_server", "--model", model,
-                *serve_args]  # fmt: skip
+        module = [self.python, "-m", "vllm.entrypoints.openai.api_server"]
+        return [*module, "--model", model, *serve_args]
 
     def build_env(self) -> dict[str, str]:
         env = dict(os.environ)

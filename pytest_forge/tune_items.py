@@ -286,7 +286,7 @@ class TuneItem(pytest.Item):
         return super().repr_failure(excinfo, style=style)
 
     def reportinfo(self) -> tuple[Path, int | None, str]:
-        return self.path, None, f"{self.parent.name}::{self.name}"
+        return self.path, 0, f"{self.parent.name}::{self.name}"
 
 
 def tune_summary(session: ForgeSession) -> str:

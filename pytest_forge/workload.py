@@ -124,7 +124,8 @@ class Replay(BaseModel):
         return self.concurrency
 
 
-@dataclass(frozen=True)
+# eq=False: identity hashing, so a Workload can key a dict despite its list of requests.
+@dataclass(frozen=True, eq=False)
 class Workload:
     name: str
     path: Path
@@ -192,8 +193,6 @@ def _default_mode(requests: Sequence[WorkloadRequest]) -> Mode:
 
 # --- error translation ---------------------------------------------------------------------
 
-_REQUEST_KEYS = tuple(WorkloadRequest.model_fields)
-
 
 def _loc_to_field(loc: Sequence[int | str]) -> str | None:
     parts: list[str] = []
@@ -214,6 +213,19 @@ def _suggest(key: str, valid: Sequence[str]) -> str:
 def _short(value: Any, limit: int = 60) -> str:
     text = repr(value)
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _kind(value: Any) -> str:
+    """What a user wrote, in file terms rather than Python class names."""
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return "a number"
+    return "null" if value is None else type(value).__name__
 
 
 def _valid_keys(model: type[BaseModel], loc: Sequence[int | str]) -> list[str]:
@@ -270,9 +282,7 @@ def load_workload(path: Path | str) -> Workload:
         except json.JSONDecodeError as exc:
             raise WorkloadError(path, line_no, None, f"invalid JSON: {exc}") from None
         if not isinstance(data, dict):
-            raise WorkloadError(
-                path, line_no, None, f"expected a JSON object, got {type(data).__name__}"
-            )
+            raise WorkloadError(path, line_no, None, f"expected a JSON object, got {_kind(data)}")
         data.setdefault("id", f"{name}-{line_no}")
         try:
             request = WorkloadRequest.model_validate(data)
@@ -406,7 +416,7 @@ def load_replay(sidecar: Path | str) -> Replay:
         return Replay()
     if not isinstance(doc, Mapping):
         raise WorkloadError(
-            sidecar, None, None, f"expected a mapping of replay settings, got {type(doc).__name__}"
+            sidecar, None, None, f"expected a mapping of replay settings, got {_kind(doc)}"
         )
     try:
         return Replay.model_validate(_plain(doc))

@@ -51,7 +51,8 @@ class FakeStats:
     max_in_flight: int = 0
     arrivals: list[float] = field(default_factory=list)  # time.perf_counter() at receipt
     payloads: list[dict[str, Any]] = field(default_factory=list)
-    paths: list[str] = field(default_factory=list)
+    paths: list[str] = field(default_factory=list)  # of generation requests
+    control_paths: list[str] = field(default_factory=list)  # every other request
     auth_headers: list[str | None] = field(default_factory=list)
     reset_calls: int = 0
     metrics_calls: int = 0
@@ -198,6 +199,7 @@ class _App:
         k = self.knobs
         if path in ("/v1/completions", "/v1/chat/completions") and method == "POST":
             return await self.generate(path, headers, body, writer)
+        self.stats.control_paths.append(path)
         if path == "/v1/models" and method == "GET":
             self.stats.models_calls += 1
             data = {"object": "list", "data": [{"id": MODEL, "object": "model", "root": MODEL}]}

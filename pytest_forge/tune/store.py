@@ -1,0 +1,568 @@
+"""The run store: ``<root>/<NNN>_<timestamp>/``, one directory per tune run.
+
+    config.json        every option of the run (secrets redacted)
+    experiments.jsonl  append-only, one JSON line per experiment, fsync'd as each one ends
+    experiments.tsv    the same as a table for people   (regenerated after every append)
+    experiments.json   the same as a JSON list for tools (regenerated after every append)
+    best_recipe.yaml   the best recipe so far
+    logs/              vLLM server logs of the run
+    completed.json     written on a clean finish; absent = interrupted, resumable
+
+``experiments.jsonl`` is the source of truth: the tables are derived from it and a SIGKILL at
+any moment costs at most the experiment in flight (its half-written line is dropped).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import datetime as _dt
+import io
+import json
+import logging
+import math
+import os
+import re
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pytest_forge.errors import ForgeError
+
+if TYPE_CHECKING:
+    from pytest_forge.recipe import Recipe
+
+log = logging.getLogger(__name__)
+
+CONFIG = "config.json"
+EXPERIMENTS = "experiments.jsonl"
+TSV = "experiments.tsv"
+TABLE_JSON = "experiments.json"
+BEST_RECIPE = "best_recipe.yaml"
+COMPLETED = "completed.json"
+LOGS = "logs"
+
+REDACTED = "***redacted***"
+# Matched against each word of a key, so "api_key", "HF_TOKEN", "apiKey" and
+# "Authorization" are redacted while "max_num_batched_tokens" or "input_tokens" are not.
+_SECRET_WORDS = ("key", "token", "secret", "password", "passwd", "authorization")
+# Credentials by their shape, wherever they appear (an error text, a log tail, a note).
+_SECRET_VALUE = re.compile(
+    r"\b(?:sk-[A-Za-z0-9_-]{8,}|hf_[A-Za-z0-9]{8,})|\b(?i:bearer)\s+[A-Za-z0-9._~+/=-]+"
+)
+# A mapping holding these is an environment dump, which may hold any secret under any name.
+_ENV_MARKERS = frozenset({"PATH", "HOME"})
+
+_RUN_NAME = re.compile(r"^(\d{3,})_")
+_KEPT_MARK = {"baseline": "✓", "kept": "✓", "rejected": "✗"}
+
+
+# -- redaction -------------------------------------------------------------------------
+def _is_secret_key(key: str) -> bool:
+    words = re.split(r"[^a-z0-9]+", re.sub(r"([a-z0-9])([A-Z])", r"\1_\2", key).lower())
+    return any(w.endswith(_SECRET_WORDS) for w in words if w)
+
+
+def redact(value: Any, where: str = "config") -> Any:
+    """A JSON-ready copy of ``value`` with every secret-looking key or value replaced.
+
+    Non-finite floats become None (JSON has no NaN). An environment dump is refused, not
+    filtered: nothing that may hold a secret under an unrecognisable name is written.
+    """
+    if isinstance(value, os._Environ) or (
+        isinstance(value, Mapping) and {str(k) for k in value} >= _ENV_MARKERS
+    ):
+        raise ForgeError(
+            f"{where}: looks like an environment dump (has {', '.join(sorted(_ENV_MARKERS))}); "
+            "the run store records options, never the environment"
+        )
+    if isinstance(value, Mapping):
+        return {
+            str(k): REDACTED
+            if _is_secret_key(str(k)) and v is not None
+            else redact(v, f"{where}.{k}")
+            for k, v in value.items()
+        }
+    if isinstance(value, list | tuple | set | frozenset):
+        items = sorted(value, key=str) if isinstance(value, set | frozenset) else value
+        return [redact(v, f"{where}[{i}]") for i, v in enumerate(items)]
+    if isinstance(value, str):
+        return _SECRET_VALUE.sub(REDACTED, value)
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if value is None or isinstance(value, bool | int | float):
+        return value
+    if isinstance(value, Path):
+        return str(value)
+    return redact(str(value), where)
+
+
+# -- durable files ---------------------------------------------------------------------
+def _fsync_dir(path: Path) -> None:
+    # A new or renamed file survives a power cut only once its directory entry is synced.
+    # Some filesystems refuse directory fsync; the data itself is already synced by then.
+    with contextlib.suppress(OSError):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def atomic_write_text(path: Path, text: str) -> Path:
+    """Write ``text`` to ``path`` so readers see the old or the new file, never half of one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    _fsync_dir(path.parent)
+    return path
+
+
+def _dump(data: Any) -> str:
+    return json.dumps(data, indent=2, ensure_ascii=False, allow_nan=False) + "\n"
+
+
+def _drop_partial_tail(path: Path) -> None:
+    """Cut a line left half-written by a kill, so the next append starts on a fresh line."""
+    with open(path, "rb+") as fh:
+        size = fh.seek(0, os.SEEK_END)
+        if size == 0:
+            return
+        fh.seek(size - 1)
+        if fh.read(1) == b"\n":
+            return
+        # Scan back for the last complete line; the records are small, a block suffices
+        # in practice but read further when needed.
+        block = 4096
+        end = size
+        while end > 0:
+            start = max(0, end - block)
+            fh.seek(start)
+            chunk = fh.read(end - start)
+            idx = chunk.rfind(b"\n")
+            if idx >= 0:
+                keep = start + idx + 1
+                break
+            end = start
+        else:
+            keep = 0
+        log.warning(
+            "%s: dropping a half-written last line (%d bytes) left by an interrupted run",
+            path,
+            size - keep,
+        )
+        fh.truncate(keep)
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def _read_experiments(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    raw = path.read_bytes()
+    lines = raw.split(b"\n")
+    # A final piece without its newline is a write a kill interrupted: not a record.
+    complete, tail = lines[:-1], lines[-1]
+    if tail.strip():
+        log.warning("%s: ignoring a half-written last line (%d bytes)", path, len(tail))
+    records: list[dict[str, Any]] = []
+    for number, line in enumerate(complete, start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except ValueError as exc:
+            raise ForgeError(f"{path}:{number}: not a JSON experiment record: {exc}") from None
+        if not isinstance(record, dict):
+            raise ForgeError(f"{path}:{number}: an experiment record must be a JSON object")
+        records.append(record)
+    return records
+
+
+# -- the table -------------------------------------------------------------------------
+def _num(value: Any) -> float | None:
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
+def _headline_values(record: Mapping[str, Any], key: str) -> list[float]:
+    metrics = record.get("metrics") or {}
+    return [v for head in metrics.values() if (v := _num((head or {}).get(key))) is not None]
+
+
+def record_summary(record: Mapping[str, Any]) -> dict[str, float | None]:
+    """Across workloads: mean tok/s, the worst E2E p99 and the worst accuracy."""
+    tok = _headline_values(record, "output_throughput")
+    p99 = _headline_values(record, "e2el_p99_ms")
+    acc = [v for v in (record.get("accuracy") or {}).values() if _num(v) is not None]
+    return {
+        "tok_s": sum(tok) / len(tok) if tok else None,
+        "p99_ms": max(p99) if p99 else None,
+        "accuracy": min(acc) if acc else None,
+    }
+
+
+def kept_mark(status: str | None) -> str:
+    """✓ baseline or kept, ✗ measured and rejected, - never scored (invalid, crashed)."""
+    return _KEPT_MARK.get(status or "", "-")
+
+
+def _fmt(value: float | None, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def _text(value: Any) -> str:
+    return "-" if value is None else str(value)
+
+
+def _one_line(text: Any) -> str:
+    return " ".join(str(text or "").split())
+
+
+def _truncate(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: width - 3].rstrip() + "..."
+
+
+TSV_COLUMNS = (
+    "exp",
+    "slot",
+    "status",
+    "kept",
+    "recipe_id",
+    "generation",
+    "parent_id",
+    "score",
+    "tok_s",
+    "p99_ms",
+    "accuracy",
+    "duration_s",
+    "agent_cost_usd",
+    "changes",
+    "rationale",
+    "reason",
+)
+
+
+def _tsv(records: list[dict[str, Any]]) -> str:
+    out = io.StringIO()
+    writer = csv.writer(out, delimiter="\t", lineterminator="\n")
+    writer.writerow(TSV_COLUMNS)
+    for r in records:
+        s = record_summary(r)
+        usage = r.get("usage") or {}
+        writer.writerow(
+            [
+                r.get("exp"),
+                "" if r.get("slot") is None else r.get("slot"),
+                r.get("status"),
+                kept_mark(r.get("status")),
+                r.get("recipe_id") or "",
+                "" if r.get("generation") is None else r.get("generation"),
+                r.get("parent_id") or "",
+                _fmt(_num(r.get("score")), ".4f"),
+                _fmt(s["tok_s"], ".1f"),
+                _fmt(s["p99_ms"], ".1f"),
+                _fmt(s["accuracy"], ".3f"),
+                _fmt(_num(r.get("duration_s")), ".1f"),
+                _fmt(_num(usage.get("cost_usd")), ".4f"),
+                json.dumps(r.get("changes") or {}, ensure_ascii=False, sort_keys=True),
+                _one_line(r.get("rationale")),
+                _one_line(r.get("reason")),
+            ]
+        )
+    return out.getvalue()
+
+
+# -- the store -------------------------------------------------------------------------
+class RunStore:
+    """One tune run's directory. Build with :meth:`create`, :meth:`open` or
+    :meth:`latest_unfinished`."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+
+    def __repr__(self) -> str:
+        return f"RunStore({str(self.path)!r})"
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    # construction
+    @classmethod
+    def create(cls, root: Path, config: Mapping[str, Any]) -> RunStore:
+        """A new run ``<root>/<NNN>_<timestamp>/`` whose config.json records ``config``."""
+        root = Path(root)
+        safe = redact(dict(config))  # refuse an env dump before touching the disk
+        root.mkdir(parents=True, exist_ok=True)
+        stamp = _dt.datetime.now().strftime("%Y-%m-%dT%H-%M-%S")
+        number = max((n for n in map(_run_number, root.iterdir()) if n is not None), default=0)
+        while True:
+            number += 1
+            path = root / f"{number:03d}_{stamp}"
+            try:
+                # exist_ok=False: two runs started at once each get their own number.
+                path.mkdir()
+                break
+            except FileExistsError:
+                continue
+        _fsync_dir(root)
+        store = cls(path)
+        data = {
+            "run": path.name,
+            "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            **safe,
+        }
+        atomic_write_text(path / CONFIG, _dump(data))
+        return store
+
+    @classmethod
+    def open(cls, path: Path) -> RunStore:
+        path = Path(path)
+        if not (path / CONFIG).is_file():
+            raise ForgeError(f"{path}: not a tune run (no {CONFIG})")
+        return cls(path)
+
+    @classmethod
+    def latest_unfinished(
+        cls, root: Path, where: Mapping[str, Any] | None = None
+    ) -> RunStore | None:
+        """The highest-numbered run under ``root`` with config.json and no completed.json
+        (and whose config matches every item of ``where``, e.g. ``{"recipe_id": "x"}``)."""
+        root = Path(root)
+        if not root.is_dir():
+            return None
+        runs = sorted(
+            (p for p in root.iterdir() if _run_number(p) is not None and p.is_dir()),
+            key=lambda p: (_run_number(p), p.name),
+            reverse=True,
+        )
+        for path in runs:
+            store = cls(path)
+            if not (path / CONFIG).is_file() or store.is_completed:
+                continue
+            if where:
+                try:
+                    config = store.config
+                except ForgeError:
+                    continue
+                if any(config.get(k) != v for k, v in where.items()):
+                    continue
+            return store
+        return None
+
+    # contents
+    @property
+    def config(self) -> dict[str, Any]:
+        try:
+            data = json.loads((self.path / CONFIG).read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise ForgeError(f"{self.path / CONFIG}: cannot read the run's config: {exc}") from None
+        if not isinstance(data, dict):
+            raise ForgeError(f"{self.path / CONFIG}: expected a JSON object")
+        return data
+
+    def experiments(self) -> list[dict[str, Any]]:
+        """Every stored experiment in order (a half-written last line is not one)."""
+        return _read_experiments(self.path / EXPERIMENTS)
+
+    def append_experiment(self, record: Mapping[str, Any]) -> None:
+        """Durably append one experiment, then regenerate the derived tables."""
+        safe = redact(dict(record), "experiment")
+        line = (json.dumps(safe, ensure_ascii=False, allow_nan=False) + "\n").encode("utf-8")
+        path = self.path / EXPERIMENTS
+        created = not path.exists()
+        if not created:
+            _drop_partial_tail(path)
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            view = memoryview(line)
+            while view:
+                written = os.write(fd, view)
+                view = view[written:]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        if created:
+            _fsync_dir(self.path)
+        self._write_tables()
+
+    def _write_tables(self) -> None:
+        records = self.experiments()
+        atomic_write_text(self.path / TSV, _tsv(records))
+        atomic_write_text(self.path / TABLE_JSON, _dump(records))
+
+    def write_best_recipe(self, recipe: Recipe) -> Path:
+        """``best_recipe.yaml``: the best recipe so far (Recipe.save writes atomically)."""
+        target = self.path / BEST_RECIPE
+        source = recipe.path
+        if not target.exists() and source is not None and source.is_file():
+            # Start from the user's file so its comments carry over (save edits in place).
+            atomic_write_text(target, source.read_text(encoding="utf-8"))
+        # Save a copy: save() re-points the recipe at the file it wrote, and the tune's
+        # recipes must keep pointing at recipes/ (recorded outputs are found beside it).
+        return recipe.model_copy().save(target)
+
+    @property
+    def best_recipe_path(self) -> Path:
+        return self.path / BEST_RECIPE
+
+    @property
+    def server_log_dir(self) -> Path:
+        path = self.path / LOGS
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def mark_completed(self, summary: Mapping[str, Any]) -> None:
+        data = {
+            "completed_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            **redact(dict(summary), "summary"),
+        }
+        atomic_write_text(self.path / COMPLETED, _dump(data))
+
+    @property
+    def is_completed(self) -> bool:
+        return (self.path / COMPLETED).is_file()
+
+    def completed(self) -> dict[str, Any] | None:
+        if not self.is_completed:
+            return None
+        try:
+            data = json.loads((self.path / COMPLETED).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+        return data if isinstance(data, dict) else None
+
+
+def _run_number(path: Path) -> int | None:
+    match = _RUN_NAME.match(path.name)
+    return int(match.group(1)) if match else None
+
+
+# -- forge report RUN_DIR ----------------------------------------------------------------
+REPORT_COLUMNS = (
+    "exp",
+    "id",
+    "gen",
+    "score",
+    "tok/s",
+    "p99_ms",
+    "accuracy",
+    "kept",
+    "status",
+    "rationale",
+)
+RATIONALE_WIDTH = 60
+
+
+def _best_record(records: list[dict[str, Any]]) -> dict[str, Any] | None:
+    best = None
+    for r in records:
+        if r.get("status") in ("baseline", "kept"):
+            best = r
+    return best
+
+
+def _resolve_run_dir(path: Path) -> Path:
+    """A run directory as given, or the latest run under ``.forge/`` or ``.forge/runs/``."""
+    if (path / CONFIG).is_file():
+        return path
+    for root in (path / "runs", path):
+        if root.is_dir():
+            runs = [p for p in root.iterdir() if _run_number(p) is not None and p.is_dir()]
+            if runs:
+                return max(runs, key=lambda p: (_run_number(p), p.name))
+    return path  # open() then says what is missing
+
+
+def render_report(run_dir: Path) -> str:
+    """The ``forge report RUN_DIR`` table: a header on the best so far, then every experiment."""
+    run_dir = _resolve_run_dir(Path(run_dir))
+    store = RunStore.open(run_dir)
+    records = store.experiments()
+    config = store.config
+    best = _best_record(records)
+    counts: dict[str, int] = {}
+    for r in records:
+        status = str(r.get("status"))
+        counts[status] = counts.get(status, 0) + 1
+
+    lines = [f"=== Forge Report: {run_dir} ==="]
+    recipe = config.get("recipe_id")
+    if recipe:
+        lines.append(f"Recipe: {recipe}")
+    objective = next((r.get("objective") for r in records if r.get("objective")), None)
+    objective = objective or config.get("objective")
+    if objective:
+        lines.append(f"Objective: {objective}")
+    breakdown = ", ".join(f"{n} {s}" for s, n in counts.items())
+    lines.append(f"Total experiments: {len(records)}" + (f" ({breakdown})" if breakdown else ""))
+    if best is not None:
+        summary = record_summary(best)
+        lines += [
+            f"Best score: {_fmt(_num(best.get('score')), '.4f')}",
+            f"Best recipe ID: {best.get('recipe_id') or '-'}",
+            f"Best generation: {_text(best.get('generation'))}",
+            f"Throughput: {_fmt(summary['tok_s'], '.1f')} tok/s",
+            f"P99 latency: {_fmt(summary['p99_ms'], '.0f')} ms",
+        ]
+    done = store.completed()
+    if done is not None:
+        lines.append(f"Status: completed — {_one_line(done.get('message'))}")
+    else:
+        lines.append("Status: unfinished (interrupted or still running; resumable)")
+    lines.append("")
+
+    if not records:
+        lines.append("no experiments recorded yet")
+        return "\n".join(lines)
+
+    lines.append(
+        "tok/s: mean over the workloads; p99_ms: the worst workload's E2E latency p99; "
+        "accuracy: the worst workload's"
+    )
+    rows = [list(REPORT_COLUMNS)]
+    for r in records:
+        s = record_summary(r)
+        rationale = _one_line(r.get("rationale")) or _one_line(r.get("reason"))
+        if r.get("status") == "baseline":
+            rationale = rationale or "baseline"
+        rows.append(
+            [
+                str(r.get("exp")),
+                str(r.get("recipe_id") or "-"),
+                "-" if r.get("generation") is None else str(r.get("generation")),
+                _fmt(_num(r.get("score")), ".4f"),
+                _fmt(s["tok_s"], ".1f"),
+                _fmt(s["p99_ms"], ".0f"),
+                _fmt(s["accuracy"], ".3f"),
+                kept_mark(r.get("status")),
+                str(r.get("status")),
+                _truncate(rationale, RATIONALE_WIDTH),
+            ]
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(REPORT_COLUMNS) - 1)]
+    for row in rows:
+        cells = [cell.ljust(widths[i]) for i, cell in enumerate(row[:-1])]
+        lines.append("  ".join([*cells, row[-1]]).rstrip())
+    return "\n".join(lines)
+
+
+__all__ = [
+    "REDACTED",
+    "RunStore",
+    "atomic_write_text",
+    "kept_mark",
+    "record_summary",
+    "redact",
+    "render_report",
+]

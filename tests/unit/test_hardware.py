@@ -1,0 +1,219 @@
+"""Hardware detection with fake smi tools on PATH, recipe matching and quant gates."""
+
+from __future__ import annotations
+
+import json
+import shlex
+from collections.abc import Iterator
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from pytest_forge import hardware
+from pytest_forge.hardware import (
+    GpuInfo,
+    HostHardware,
+    backend_name,
+    detect_hardware,
+    match_recipe_hardware,
+    quant_supported,
+    quant_unsupported_reason,
+)
+
+NVIDIA_ARGS = (
+    "--query-gpu=name,memory.total,driver_version,compute_cap --format=csv,noheader,nounits"
+)
+ROCM_ARGS = "--showproductname --showmeminfo vram --json"
+H100 = "NVIDIA H100 80GB HBM3, 81559, 550.54.15, 9.0"
+A100 = "NVIDIA A100-SXM4-40GB, 40960, 535.104.05, 8.0"
+MI300X_CARD = {
+    "Card Series": "AMD Instinct MI300X OAM",
+    "Card Model": "0x74a1",
+    "Card Vendor": "Advanced Micro Devices, Inc. [AMD/ATI]",
+    "Card SKU": "M3000100",
+    "GFX Version": "gfx942",
+    "VRAM Total Memory (B)": "206141652992",
+    "VRAM Total Used Memory (B)": "285212672",
+}
+
+
+@pytest.fixture
+def smi_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    monkeypatch.setenv("PATH", f"{bin_dir}:/usr/bin:/bin")
+    for var in ("CUDA_VISIBLE_DEVICES", "ROCR_VISIBLE_DEVICES", "HIP_VISIBLE_DEVICES"):
+        monkeypatch.delenv(var, raising=False)
+    detect_hardware.cache_clear()
+    yield bin_dir
+    detect_hardware.cache_clear()
+
+
+def write_smi(bin_dir: Path, name: str, expected_args: str, output: str, code: int = 0) -> None:
+    """A fake tool that only answers the exact query pytest-forge is meant to send."""
+    script = bin_dir / name
+    script.write_text(
+        "#!/bin/sh\n"
+        f'[ "$*" = {shlex.quote(expected_args)} ] || {{ echo "bad args: $*" >&2; exit 64; }}\n'
+        f"printf '%s\\n' {shlex.quote(output)}\n"
+        f"exit {code}\n"
+    )
+    script.chmod(0o755)
+
+
+def test_one_nvidia_gpu(smi_dir: Path) -> None:
+    write_smi(smi_dir, "nvidia-smi", NVIDIA_ARGS, H100)
+    host = detect_hardware()
+    assert host.vendor == "nvidia"
+    assert host.gpus == [GpuInfo("NVIDIA H100 80GB HBM3", 79.6, "550.54.15", "9.0")]
+    assert (host.gpu_type, host.count) == ("NVIDIA H100 80GB HBM3", 1)
+    assert host.describe() == "NVIDIA H100 80GB HBM3 x1 (driver 550.54.15, sm 9.0)"
+    assert backend_name(host) == "cuda"
+    assert detect_hardware() is host  # memoized
+
+
+def test_two_nvidia_gpus_and_visible_subset(smi_dir: Path, monkeypatch) -> None:
+    write_smi(smi_dir, "nvidia-smi", NVIDIA_ARGS, f"{A100}\n{H100}")
+    assert detect_hardware().count == 2
+    assert "x1" in detect_hardware().describe() and "; " in detect_hardware().describe()
+
+    detect_hardware.cache_clear()
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "1")
+    host = detect_hardware()
+    assert [g.name for g in host.gpus] == ["NVIDIA H100 80GB HBM3"]
+
+    # The runtime stops at the first invalid index.
+    detect_hardware.cache_clear()
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,7,1")
+    assert [g.name for g in detect_hardware().gpus] == ["NVIDIA A100-SXM4-40GB"]
+
+    # UUIDs cannot be mapped by this query, but each one is one visible device.
+    detect_hardware.cache_clear()
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "GPU-8f6a2c1e-0000-0000-0000-000000000000")
+    assert detect_hardware().count == 1
+
+
+def test_no_visible_cuda_device_falls_back_to_cpu(smi_dir: Path, monkeypatch) -> None:
+    write_smi(smi_dir, "nvidia-smi", NVIDIA_ARGS, H100)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    assert detect_hardware().vendor == "cpu"
+
+
+def test_failing_nvidia_smi_falls_through_to_cpu(smi_dir: Path) -> None:
+    write_smi(
+        smi_dir,
+        "nvidia-smi",
+        NVIDIA_ARGS,
+        "NVIDIA-SMI has failed because it couldn't communicate with the NVIDIA driver.",
+        code=9,
+    )
+    host = detect_hardware()
+    assert host.vendor == "cpu" and host.gpus == [] and host.count == 0
+    assert host.cpu_count >= 1 and host.cpu_model
+    assert host.describe() == f"cpu: {host.cpu_model} ({host.cpu_count} cores)"
+    assert backend_name(host) == "cpu"
+
+
+def test_hanging_smi_times_out_and_falls_through(smi_dir: Path, monkeypatch) -> None:
+    monkeypatch.setattr(hardware, "SMI_TIMEOUT_S", 0.3)
+    script = smi_dir / "nvidia-smi"
+    script.write_text("#!/bin/sh\nexec sleep 30\n")
+    script.chmod(0o755)
+    assert detect_hardware().vendor == "cpu"
+
+
+def test_rocm_smi_two_mi300x_with_noise(smi_dir: Path, monkeypatch) -> None:
+    payload = {
+        "card0": MI300X_CARD,
+        "card1": MI300X_CARD,
+        "system": {"Driver version": "6.7.0"},
+    }
+    noise = "WARNING: AMD GPU device(s) is/are in a low-power state.\n"
+    write_smi(smi_dir, "rocm-smi", ROCM_ARGS, noise + json.dumps(payload))
+    host = detect_hardware()
+    assert host.vendor == "amd" and host.count == 2
+    assert host.gpus[0] == GpuInfo("AMD Instinct MI300X OAM", 192.0, "6.7.0", "gfx942")
+    assert host.describe() == "AMD Instinct MI300X OAM x2 (driver 6.7.0, gfx942)"
+    assert backend_name(host) == "rocm"
+
+    detect_hardware.cache_clear()
+    monkeypatch.setenv("ROCR_VISIBLE_DEVICES", "1")
+    assert detect_hardware().count == 1
+
+
+def test_rocm_smi_old_key_spelling_infers_gfx(smi_dir: Path) -> None:
+    card = {"Card series": "AMD Instinct MI300X", "VRAM Total Memory (B)": "206158430208"}
+    write_smi(smi_dir, "rocm-smi", ROCM_ARGS, json.dumps({"card0": card}))
+    host = detect_hardware()
+    assert host.gpus == [GpuInfo("AMD Instinct MI300X", 192.0, None, "gfx942")]
+
+
+def test_rocm_smi_garbage_falls_through_to_cpu(smi_dir: Path) -> None:
+    write_smi(smi_dir, "rocm-smi", ROCM_ARGS, "ERROR: no ROCm devices {not json")
+    assert detect_hardware().vendor == "cpu"
+
+
+H100_HOST = HostHardware("nvidia", [GpuInfo("NVIDIA H100 80GB HBM3", 79.6, "550", "9.0")] * 2)
+CPU_HOST = HostHardware("cpu", [], "AMD EPYC", 2)
+
+
+@pytest.mark.parametrize(
+    ("recipe_hw", "host", "reason"),
+    [
+        ({"vendor": "nvidia", "gpu_type": "H100", "count": 1}, H100_HOST, None),
+        ({"vendor": "nvidia", "gpu_type": "nvidia h100 80gb hbm3", "count": 2}, H100_HOST, None),
+        # The host's name inside the recipe's longer one also counts.
+        (
+            {"vendor": "nvidia", "gpu_type": "NVIDIA H100 80GB HBM3 SXM5", "count": 1},
+            H100_HOST,
+            None,
+        ),
+        ({"vendor": "nvidia", "gpu_type": None, "count": 1}, H100_HOST, None),
+        ({"vendor": "cpu", "gpu_type": None, "count": 0}, CPU_HOST, None),
+        ({"vendor": "nvidia", "gpu_type": "A100", "count": 1}, H100_HOST, "gpu_type 'A100'"),
+        ({"vendor": "nvidia", "gpu_type": "H100", "count": 4}, H100_HOST, "wants 4 'H100' GPUs"),
+        ({"vendor": "amd", "gpu_type": "MI300X", "count": 1}, H100_HOST, "vendor amd"),
+        ({"vendor": "nvidia", "gpu_type": "H100", "count": 1}, CPU_HOST, "this host is cpu"),
+        ({"vendor": "cpu", "gpu_type": None, "count": 0}, H100_HOST, "vendor cpu"),
+    ],
+)
+def test_match_recipe_hardware(recipe_hw, host, reason) -> None:
+    found = match_recipe_hardware(SimpleNamespace(**recipe_hw), host)
+    if reason is None:
+        assert found is None
+    else:
+        assert found is not None and reason in found
+    assert match_recipe_hardware(recipe_hw, host) == found  # a plain dict works too
+
+
+@pytest.mark.parametrize(
+    ("gpu", "cc", "awq", "int8", "fp8"),
+    [
+        ("Tesla T4", "7.5", True, True, False),
+        ("NVIDIA A100-SXM4-80GB", "8.0", True, True, False),
+        ("NVIDIA H100 80GB HBM3", "9.0", True, True, True),
+        ("NVIDIA H200", None, True, True, True),  # capability inferred from the name
+        ("AMD Instinct MI300X", "gfx942", True, True, True),
+        ("AMD Instinct MI250X", "gfx90a", False, False, False),  # not in the table
+        ("Tesla V100", "7.0", False, False, False),
+    ],
+)
+def test_quant_gates(gpu, cc, awq, int8, fp8) -> None:
+    assert quant_supported(gpu, cc, "awq") is awq
+    assert quant_supported(gpu, cc, "int8") is int8
+    assert quant_supported(gpu, cc, "fp8") is fp8
+    assert quant_supported(gpu, cc, "none") is True
+
+
+def test_quant_gates_from_host_and_cpu() -> None:
+    assert quant_supported(H100_HOST, None, "fp8_e4m3")
+    a100 = HostHardware("nvidia", [GpuInfo("NVIDIA A100", 80.0, "535", "8.0")])
+    assert "SM >= 9" in (quant_unsupported_reason(a100, None, "fp8") or "")
+    for method in ("awq", "int8", "fp8"):
+        reason = quant_unsupported_reason(CPU_HOST, None, method)
+        assert reason is not None and "needs a GPU" in reason
+        assert not quant_supported("cpu", None, method)
+    assert "unknown quantization method" in (
+        quant_unsupported_reason(H100_HOST, None, "gguf9") or ""
+    )

@@ -1,0 +1,221 @@
+"""The pytest plugin end to end against a fast fake OpenAI-compatible server (--forge-endpoint).
+
+Real vLLM runs in tests/e2e; here the point is the plugin's behaviour: collection, ids,
+verdicts, baselines, reports, and bad input isolated to its own tests.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import xml.etree.ElementTree as ET
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.fakes.fake_openai_server import FakeServer, running_fake_server
+
+pytest_plugins = ["pytester"]
+
+RECIPE = """\
+# a user's comment that must survive baseline updates
+id: {id}
+model: fake-model
+hardware:
+  vendor: cpu
+config:
+  max_num_seqs: 8   # inline comment
+gates:
+  accuracy_scorer: agreement
+"""
+
+# pytester points HOME at a temp dir; keep the real cache so vLLM's args are introspected
+# once per machine, not once per test.
+CACHE = os.environ.get("FORGE_CACHE_DIR") or str(Path.home() / ".cache" / "pytest-forge")
+
+SIDE = "mode: closed\nconcurrency: 2\nwarmup: 1\nrepeats: 2\n"
+
+
+def _workload(n: int, tokens: int = 8) -> str:
+    return "".join(
+        json.dumps({"id": f"r{i}", "prompt": f"prompt {i}", "expected_output_tokens": tokens})
+        + "\n"
+        for i in range(n)
+    )
+
+
+@pytest.fixture(scope="module")
+def fake() -> Iterator[FakeServer]:
+    with running_fake_server(token_delay_s=0.0005) as server:
+        yield server
+
+
+@pytest.fixture
+def project(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> pytest.Pytester:
+    monkeypatch.setenv("FORGE_CACHE_DIR", CACHE)
+    (pytester.path / "recipes").mkdir()
+    (pytester.path / "workloads").mkdir()
+    (pytester.path / "recipes" / "alpha.yaml").write_text(RECIPE.format(id="alpha"))
+    (pytester.path / "recipes" / "beta.yaml").write_text(RECIPE.format(id="beta"))
+    for name, n in (("short", 4), ("long", 6)):
+        (pytester.path / "workloads" / f"{name}.jsonl").write_text(_workload(n))
+        (pytester.path / "workloads" / f"{name}.yaml").write_text(SIDE)
+    return pytester
+
+
+def _run(project: pytest.Pytester, fake: FakeServer, *args: str) -> pytest.RunResult:
+    return project.runpytest_subprocess(
+        "-p", "no:cacheprovider", f"--forge-endpoint={fake.url}", *args
+    )
+
+
+def _junit(path: Path) -> dict[str, ET.Element]:
+    root = ET.parse(path).getroot()
+    return {tc.get("name"): tc for tc in root.iter("testcase")}
+
+
+def _props(tc: ET.Element) -> dict[str, str]:
+    return {p.get("name"): p.get("value") for p in tc.iter("property")}
+
+
+def test_collect_one_test_per_recipe_and_workload(project: pytest.Pytester) -> None:
+    result = project.runpytest_subprocess("--collect-only", "-q", "-p", "no:cacheprovider")
+    ids = [line for line in result.outlines if "::" in line]
+    assert sorted(ids) == [
+        "recipes/alpha.yaml::long",
+        "recipes/alpha.yaml::short",
+        "recipes/beta.yaml::long",
+        "recipes/beta.yaml::short",
+    ]
+
+
+def test_gate_without_baseline_measures_and_says_so(
+    project: pytest.Pytester, fake: FakeServer
+) -> None:
+    result = _run(project, fake, "--junitxml=junit.xml", "-k", "alpha")
+    result.assert_outcomes(passed=2)
+    out = result.stdout.str()
+    assert "pytest-forge summary" in out
+    assert "no baseline" in out
+    assert "--forge-update-baselines" in out
+    cases = _junit(project.path / "junit.xml")
+    props = _props(cases["short"])
+    # xunit2 (pytest's default family) still carries the metrics as properties.
+    assert float(props["output_throughput"]) > 0
+    for key in ("ttft_p99_ms", "tpot_p99_ms", "vllm_version", "accuracy", "verdict"):
+        assert key in props
+    assert props["verdict"] == "no-baseline"
+
+
+def test_update_baselines_then_gate_then_raised_baseline_fails(
+    project: pytest.Pytester, fake: FakeServer
+) -> None:
+    recipe_path = project.path / "recipes" / "alpha.yaml"
+    _run(project, fake, "-k", "alpha", "--forge-update-baselines").assert_outcomes(passed=2)
+
+    text = recipe_path.read_text()
+    assert "# a user's comment that must survive baseline updates" in text
+    assert "# inline comment" in text
+    data = yaml.safe_load(text)
+    for name in ("short", "long"):
+        base = data["baselines"][name]
+        assert base["output_throughput"] > 0
+        assert base["repeats"] == 2
+        assert set(base["measured_with"]) == {
+            "vllm",
+            "pytest_forge",
+            "hardware",
+            "backend",
+            "date",
+        }
+    # agreement needs recorded greedy outputs beside the recipe
+    assert (project.path / "recipes" / "alpha.outputs" / "short.jsonl").is_file()
+
+    # the committed baseline now gates (generous tolerance: the fake is fast and noisy)
+    _run(project, fake, "-k", "alpha", "--forge-tolerance=0.9").assert_outcomes(passed=2)
+
+    data["baselines"]["short"]["output_throughput"] *= 3  # far beyond the fake's noise
+    recipe_path.write_text(yaml.safe_dump(data, sort_keys=False))
+    result = _run(project, fake, "-k", "alpha", "--forge-tolerance=0.05")
+    result.assert_outcomes(passed=1, failed=1)
+    out = result.stdout.str()
+    assert "alpha x short" in out
+    assert "output_throughput" in out and "baseline" in out and "tolerance 5%" in out
+
+
+def test_accuracy_floor_above_one_fails(project: pytest.Pytester, fake: FakeServer) -> None:
+    _run(project, fake, "-k", "beta", "--forge-update-baselines").assert_outcomes(passed=2)
+    result = _run(project, fake, "-k", "beta", "--forge-accuracy-floor=1.5")
+    result.assert_outcomes(failed=2)
+    assert "floor 1.5" in result.stdout.str()
+
+
+def test_bad_recipe_and_bad_workload_line_fail_alone(
+    project: pytest.Pytester, fake: FakeServer
+) -> None:
+    (project.path / "recipes" / "broken.yaml").write_text("id: broken\nmodel: x\nhardwre: {}\n")
+    (project.path / "workloads" / "bad.jsonl").write_text(
+        _workload(2) + '{"prompt": "x", "expected_output_tokens": "many"}\n'
+    )
+    result = _run(project, fake, "--junitxml=junit.xml")
+    out = result.stdout.str()
+    # alpha/beta x short/long pass; alpha/beta x bad fail naming file:line; broken fails.
+    result.assert_outcomes(passed=4, failed=3)
+    assert "bad.jsonl:3" in out and "expected_output_tokens" in out
+    assert "broken.yaml" in out and "hardwre" in out
+
+
+def test_unknown_vllm_arg_fails_before_boot(project: pytest.Pytester) -> None:
+    (project.path / "recipes" / "old.yaml").write_text(
+        RECIPE.format(id="old").replace("max_num_seqs: 8", "swap_space: 4")
+    )
+    result = project.runpytest_subprocess(
+        "-p", "no:cacheprovider", "-k", "old", "--forge-boot-timeout=1"
+    )
+    result.assert_outcomes(failed=2)
+    out = result.stdout.str()
+    assert "swap_space" in out and "0.32" in out
+    assert "vLLM server boot" not in out  # nothing was booted
+
+
+def test_recipe_for_other_hardware_is_skipped(project: pytest.Pytester) -> None:
+    (project.path / "recipes" / "gpu.yaml").write_text(
+        RECIPE.format(id="gpu").replace("vendor: cpu", "vendor: nvidia\n  gpu_type: H100")
+    )
+    result = project.runpytest_subprocess("-p", "no:cacheprovider", "-k", "gpu", "-rs")
+    result.assert_outcomes(skipped=2)
+    assert "needs other hardware" in result.stdout.str()
+
+
+def test_reports_benchmark_json_step_summary_and_action_benchmark(
+    project: pytest.Pytester, fake: FakeServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    summary = project.path / "step_summary.md"
+    summary.write_text("earlier step\n")
+    monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(summary))
+    result = _run(
+        project,
+        fake,
+        "-k",
+        "alpha and short",
+        "--benchmark-json=bench.json",
+        "--forge-bench-json=gab.json",
+    )
+    result.assert_outcomes(passed=1)
+
+    bench = json.loads((project.path / "bench.json").read_text())
+    (entry,) = bench["benchmarks"]
+    assert entry["stats"]["rounds"] == 2  # each repeat a round
+    assert entry["extra_info"]["output_throughput"] > 0
+    assert entry["extra_info"]["workload"] == "short"
+
+    md = summary.read_text()
+    assert md.startswith("earlier step\n")  # appended, not overwritten
+    assert "| alpha | short |" in md
+
+    bigger = json.loads((project.path / "gab.json").read_text())
+    smaller = json.loads((project.path / "gab.smaller.json").read_text())
+    assert any(e["name"] == "alpha/short output_throughput" for e in bigger)
+    assert all(e["unit"] == "ms" for e in smaller)
