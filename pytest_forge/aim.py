@@ -282,6 +282,15 @@ def _block_recipe(
             quant["kv_cache_quant"] = str(value)
         elif snake == "compilation_config" and isinstance(value, dict):
             compilation = value
+            for key in value:
+                if key not in spec.compilation_fields:
+                    near = _nearest_flag(str(key), spec.compilation_fields)
+                    problems.add(
+                        f"{where}.{flag}",
+                        f"'{key}' is not a CompilationConfig field of vLLM {spec.version}; "
+                        + (f"nearest valid name: '{near}'" if near else "no close match"),
+                        _line(args, flag),
+                    )
         else:
             config[snake] = value
     precision = top["precision"]

@@ -87,7 +87,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("dir")
     p.set_defaults(func=_cmd_tiny_model)
 
-    p = sub.add_parser("validate", help="check recipes and workloads (default: recipes/ workloads/)")
+    p = sub.add_parser(
+        "validate", help="check recipes and workloads (default: recipes/ workloads/)"
+    )
     p.add_argument("paths", nargs="*")
     p.set_defaults(func=_cmd_validate)
 

@@ -35,9 +35,13 @@ def _cmd_import_aim(args: argparse.Namespace) -> int:
     from pytest_forge.aim import import_aim
     from pytest_forge.recipe import Recipe
     from pytest_forge.tune.store import atomic_write_text
+    from pytest_forge.vllm_args import load_arg_spec
 
     source = Path(args.file)
-    recipes = import_aim(source)
+    spec = load_arg_spec()
+    if spec.warning:
+        print(f"forge: warning: {spec.warning}", file=sys.stderr)
+    recipes = import_aim(source, spec)
     out_dir = Path(args.out_dir)
     targets = [out_dir / f"{r.id}.yaml" for r in recipes]
     existing = [str(t) for t in targets if t.exists()]

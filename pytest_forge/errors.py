@@ -19,9 +19,7 @@ class RecipeError(ForgeError):
 
 
 class WorkloadError(ForgeError):
-    def __init__(
-        self, path: Path | str, line: int | None, field: str | None, message: str
-    ) -> None:
+    def __init__(self, path: Path | str, line: int | None, field: str | None, message: str) -> None:
         self.path = Path(path)
         self.line = line
         self.field = field

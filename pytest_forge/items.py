@@ -115,6 +115,8 @@ class GateItem(pytest.Item):
         self.workload_path = workload_path
         self.check_error = check_error
         self.result = None
+        self.booted = False
+        self.forge_case: dict[str, Any] | None = None
 
     @property
     def recipe(self) -> Recipe:
@@ -133,16 +135,20 @@ class GateItem(pytest.Item):
 
     def runtest(self) -> None:
         from pytest_forge import report
-        from pytest_forge.pipeline import record_baseline, run_case
+        from pytest_forge.pipeline import case_to_dict, record_baseline, run_case
 
         if self.check_error:
             raise ForgeFailure(self.check_error)
         session = forge_session(self.config)
         workload = self.load_workload()
         recipe = self.recipe
+        self._skip_if_baseline_from_other_hardware(session, recipe)
         progress = report.progress_printer(self.config, self.nodeid)
-        progress.phase("booting")
+        boots = session.boots
+        if session.config.endpoint_url is None:
+            progress.phase("booting" if str(self.path) not in session.live_servers else "ready")
         endpoint, server = session.endpoint_for(recipe)
+        self.booted = session.boots > boots
         result = run_case(
             recipe,
             workload,
@@ -159,8 +165,22 @@ class GateItem(pytest.Item):
         if session.config.update_baselines and result.verdict.passed:
             result.notes += record_baseline(self.path, result, session.measured_with())
             result.baseline_written = True
+        self.forge_case = {**case_to_dict(result), "booted": self.booted}
         if not result.verdict.passed:
             raise ForgeFailure(result.verdict.failure_message())
+
+    def _skip_if_baseline_from_other_hardware(self, session: ForgeSession, recipe: Recipe) -> None:
+        """A baseline measured on other hardware is never compared: the numbers mean nothing."""
+        baseline = recipe.baselines.get(self.name)
+        if baseline is None or session.config.update_baselines or session.config.endpoint_url:
+            return
+        here = session.hardware.describe()
+        if baseline.measured_with.hardware != here:
+            pytest.skip(
+                f"the {self.name} baseline of {recipe.id} was measured on "
+                f"'{baseline.measured_with.hardware}', this runner is '{here}'; "
+                "record one here with --forge-update-baselines"
+            )
 
     def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style=None) -> str:
         if isinstance(excinfo.value, ForgeFailure | ForgeError):

@@ -32,7 +32,7 @@ import numpy as np
 from prometheus_client.parser import text_string_to_metric_families
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Sequence
+    from collections.abc import Iterable, Mapping, Sequence
 
     from pytest_forge.slo import SLO
 
@@ -362,6 +362,26 @@ class Measurement:
         for k in ("preemptions", "prefix_cache_hit_rate", "kv_cache_usage_max"):
             out[k] = self.median(k)
         return out
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Measurement:
+        """Rebuild :meth:`to_dict`'s output (summaries only, no per-request records)."""
+        repeat_fields = {f.name for f in fields(RepeatSummary)}
+        server_fields = {f.name for f in fields(ServerMetricsDelta)}
+        return cls(
+            workload=str(data.get("workload") or ""),
+            repeats=[
+                RepeatSummary(**{k: v for k, v in r.items() if k in repeat_fields})
+                for r in data.get("repeats") or []
+            ],
+            records=[],
+            server=[
+                ServerMetricsDelta(**{k: s.get(k) for k in server_fields}) if s else None
+                for s in data.get("server") or []
+            ],
+            vllm_version=data.get("vllm_version"),
+            prefix_cache_reset=bool(data.get("prefix_cache_reset")),
+        )
 
     def to_dict(self, include_records: bool = False) -> dict[str, Any]:
         """JSON-ready form; per-request records (without chunk times) on request."""

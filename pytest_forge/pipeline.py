@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import datetime as _dt
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 from pytest_forge import __version__
 from pytest_forge.accuracy import (
@@ -24,7 +25,7 @@ from pytest_forge.endpoint import Endpoint
 from pytest_forge.errors import ForgeError
 from pytest_forge.metrics import Measurement
 from pytest_forge.recipe import Baseline, MeasuredWith, Recipe
-from pytest_forge.verdict import Verdict, judge
+from pytest_forge.verdict import Check, Verdict, judge
 from pytest_forge.workload import Workload
 
 
@@ -49,6 +50,49 @@ class CaseResult:
     notes: list[str] = field(default_factory=list)
 
 
+def case_to_dict(result: CaseResult) -> dict[str, Any]:
+    """JSON-ready form of a result, to carry it from a pytest-xdist worker to the controller."""
+    v = result.verdict
+    return {
+        "recipe_id": result.recipe_id,
+        "workload": result.workload,
+        "measurement": result.measurement.to_dict(),
+        "accuracy": result.accuracy.model_dump(mode="json") if result.accuracy else None,
+        "verdict": {
+            "checks": [asdict(c) for c in v.checks],
+            "baseline": v.baseline.model_dump(mode="json") if v.baseline else None,
+            "output_throughput": v.output_throughput,
+            "accuracy": v.accuracy,
+            "tolerance": v.tolerance,
+            "vllm_now": v.vllm_now,
+        },
+        "notes": list(result.notes),
+    }
+
+
+def case_from_dict(data: dict[str, Any]) -> CaseResult:
+    vd = data["verdict"]
+    verdict = Verdict(
+        recipe_id=data["recipe_id"],
+        workload=data["workload"],
+        checks=[Check(**c) for c in vd["checks"]],
+        baseline=Baseline.model_validate(vd["baseline"]) if vd["baseline"] else None,
+        output_throughput=vd["output_throughput"],
+        accuracy=vd["accuracy"],
+        tolerance=vd["tolerance"],
+        vllm_now=vd["vllm_now"],
+    )
+    accuracy = AccuracyResult.model_validate(data["accuracy"]) if data["accuracy"] else None
+    return CaseResult(
+        data["recipe_id"],
+        data["workload"],
+        Measurement.from_dict(data["measurement"]),
+        accuracy,
+        verdict,
+        notes=list(data.get("notes", [])),
+    )
+
+
 def measured_with(vllm_version: str | None, hardware: str, backend: str) -> MeasuredWith:
     return MeasuredWith(
         vllm=vllm_version or "unknown",
@@ -59,7 +103,9 @@ def measured_with(vllm_version: str | None, hardware: str, backend: str) -> Meas
     )
 
 
-def baseline_from(measurement: Measurement, accuracy: float | None, with_: MeasuredWith) -> Baseline:
+def baseline_from(
+    measurement: Measurement, accuracy: float | None, with_: MeasuredWith
+) -> Baseline:
     """A baseline is always a measurement: medians over the repeats, never typed."""
     return Baseline(
         output_throughput=round(measurement.median("output_throughput"), 2),
@@ -99,9 +145,7 @@ def run_case(
 
     scorer = choose_scorer(workload, recipe.gates.accuracy_scorer)
     recorded = load_recorded_outputs(recipe.path, workload.name) if recipe.path else None
-    accuracy = (
-        score_outputs(workload, measurement.outputs(), scorer, recorded) if scorer else None
-    )
+    accuracy = score_outputs(workload, measurement.outputs(), scorer, recorded) if scorer else None
 
     floor = options.accuracy_floor
     if floor is None:
@@ -129,9 +173,7 @@ def run_case(
     return CaseResult(recipe.id, workload.name, measurement, accuracy, verdict)
 
 
-def record_baseline(
-    recipe_path: Path, result: CaseResult, with_: MeasuredWith
-) -> list[str]:
+def record_baseline(recipe_path: Path, result: CaseResult, with_: MeasuredWith) -> list[str]:
     """Write the measured baseline (and greedy outputs for agreement) into the recipe file.
 
     Re-reads the file so each test's update lands on the latest content; atomic writes

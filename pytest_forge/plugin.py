@@ -15,36 +15,79 @@ _OPTIONS: list[tuple[str, str, Any, Any, str]] = [
     ("--forge-recipes", "forge_recipes", str, "recipes", "recipes directory"),
     ("--forge-workloads", "forge_workloads", str, "workloads", "workloads directory"),
     ("--forge-run-dir", "forge_run_dir", str, ".forge", "where runs, logs and tune stores go"),
-    ("--forge-endpoint", "forge_endpoint", str, None,
-     "benchmark this running OpenAI-compatible server instead of booting vLLM "
-     "(API key from FORGE_ENDPOINT_API_KEY)"),
+    (
+        "--forge-endpoint",
+        "forge_endpoint",
+        str,
+        None,
+        "benchmark this running OpenAI-compatible server instead of booting vLLM "
+        "(API key from FORGE_ENDPOINT_API_KEY)",
+    ),
     ("--forge-repeats", "forge_repeats", int, 3, "timed repeats per test (median reported)"),
-    ("--forge-accuracy-floor", "forge_accuracy_floor", float, None,
-     "accuracy floor for every test (overrides recipes and workloads)"),
-    ("--forge-tolerance", "forge_tolerance", float, None,
-     "allowed throughput drop vs baseline, e.g. 0.05 (default: recipe's, else 0.05)"),
+    (
+        "--forge-accuracy-floor",
+        "forge_accuracy_floor",
+        float,
+        None,
+        "accuracy floor for every test (overrides recipes and workloads)",
+    ),
+    (
+        "--forge-tolerance",
+        "forge_tolerance",
+        float,
+        None,
+        "allowed throughput drop vs baseline, e.g. 0.05 (default: recipe's, else 0.05)",
+    ),
     ("--forge-boot-timeout", "forge_boot_timeout", float, 900.0, "seconds for vLLM to boot"),
-    ("--forge-bench-json", "forge_bench_json", str, None,
-     "write github-action-benchmark custom JSON here"),
+    (
+        "--forge-bench-json",
+        "forge_bench_json",
+        str,
+        None,
+        "write github-action-benchmark custom JSON here",
+    ),
     ("--forge-report", "forge_report", str, None, "write an HTML report with plots here"),
     # tune
-    ("--forge-agent", "forge_agent", str, None,
-     "tuning agent: anthropic/<model>, openai/<model>, openrouter/<model>, ollama/<model>, "
-     "http(s)://host/v1#<model>, or playbook (default: Claude if ANTHROPIC_API_KEY is set)"),
+    (
+        "--forge-agent",
+        "forge_agent",
+        str,
+        None,
+        "tuning agent: anthropic/<model>, openai/<model>, openrouter/<model>, ollama/<model>, "
+        "http(s)://host/v1#<model>, or playbook (default: Claude if ANTHROPIC_API_KEY is set)",
+    ),
     ("--forge-budget", "forge_budget", int, 8, "tuning experiments per recipe"),
     ("--forge-max-hours", "forge_max_hours", float, None, "wall-clock limit for a tune"),
     ("--forge-max-dollars", "forge_max_dollars", float, None, "LLM spend limit for a tune"),
-    ("--forge-min-improvement", "forge_min_improvement", float, 0.02,
-     "a candidate must beat the best by this fraction (and by the noise)"),
-    ("--forge-objective", "forge_objective", str, "throughput",
-     "tuning objective: throughput, goodput or latency"),
+    (
+        "--forge-min-improvement",
+        "forge_min_improvement",
+        float,
+        0.02,
+        "a candidate must beat the best by this fraction (and by the noise)",
+    ),
+    (
+        "--forge-objective",
+        "forge_objective",
+        str,
+        "throughput",
+        "tuning objective: throughput, goodput or latency",
+    ),
     ("--forge-playbook", "forge_playbook", str, None, "custom playbook.md"),
-    ("--forge-patience", "forge_patience", int, 3,
-     "converged after this many experiments in a row without a keep"),
+    (
+        "--forge-patience",
+        "forge_patience",
+        int,
+        3,
+        "converged after this many experiments in a row without a keep",
+    ),
 ]
 _FLAGS = [
-    ("--forge-update-baselines", "forge_update_baselines",
-     "record measured baselines (and greedy outputs) into the recipe files"),
+    (
+        "--forge-update-baselines",
+        "forge_update_baselines",
+        "record measured baselines (and greedy outputs) into the recipe files",
+    ),
     ("--forge-tune", "forge_tune", "tune recipes with an agent instead of gating them"),
     ("--forge-resume", "forge_resume", "resume the latest unfinished tune run"),
 ]
@@ -106,6 +149,15 @@ def _build_config(config: pytest.Config) -> ForgeConfig:
 
 def pytest_configure(config: pytest.Config) -> None:
     config.stash[SESSION_KEY] = ForgeSession(_build_config(config))
+    # pytest-xdist: keep a recipe's tests on one worker so its server boots once, and
+    # let the controller gather the workers' results for the summary.
+    dist = getattr(config.option, "dist", "no")
+    if dist == "load":
+        config.option.dist = "loadfile"
+    if dist != "no" and not hasattr(config, "workerinput"):
+        config.pluginmanager.register(
+            _XdistResults(config.stash[SESSION_KEY]), "forge-xdist-results"
+        )
 
 
 def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> RecipeFile | None:
@@ -141,9 +193,30 @@ def pytest_report_teststatus(report: pytest.TestReport, config: pytest.Config) -
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
     outcome = yield
     report = outcome.get_result()
-    status = getattr(item, "forge_status", None)
-    if status is not None and call.when == "call":
-        report.forge_status = status
+    if call.when == "call":
+        status = getattr(item, "forge_status", None)
+        if status is not None:
+            report.forge_status = status
+        case = getattr(item, "forge_case", None)
+        if case is not None:
+            # Travels with the report from a pytest-xdist worker to the controller.
+            report.forge_case = case
+
+
+class _XdistResults:
+    """On the pytest-xdist controller: gathers the results the workers' reports carry."""
+
+    def __init__(self, session: ForgeSession) -> None:
+        self.session = session
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        case = getattr(report, "forge_case", None)
+        if case is None:
+            return
+        from pytest_forge.pipeline import case_from_dict
+
+        self.session.results.append(case_from_dict(case))
+        self.session.boots += bool(case.get("booted"))
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
@@ -161,7 +234,7 @@ def pytest_terminal_summary(
     if session.config.tune:
         from pytest_forge.tune_items import tune_summary
 
-        text = tune_summary(session)
+        text = tune_summary(config)
         if text:
             terminalreporter.write_sep("=", "pytest-forge tune")
             terminalreporter.write_line(text)

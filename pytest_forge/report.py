@@ -194,12 +194,42 @@ def github_benchmark_entries(results: list[CaseResult]) -> list[dict[str, Any]]:
     return entries
 
 
+def results_document(results: list[CaseResult], hardware: str) -> dict[str, Any]:
+    """The gate run's results.json, which ``forge compare RUN_A RUN_B`` reads."""
+    from pytest_forge import __version__
+
+    return {
+        "pytest_forge": __version__,
+        "vllm_version": next((r.verdict.vllm_now for r in results if r.verdict.vllm_now), None),
+        "hardware": hardware,
+        "results": [
+            {
+                "recipe": r.recipe_id,
+                "workload": r.workload,
+                "metrics": r.measurement.headline(),
+                "accuracy": r.accuracy.value if r.accuracy is not None else None,
+                "verdict": r.verdict.status,
+                "baseline_vllm": r.verdict.baseline.measured_with.vllm
+                if r.verdict.baseline
+                else None,
+            }
+            for r in results
+        ],
+    }
+
+
 def write_outputs(config: pytest.Config, results: list[CaseResult]) -> list[str]:
-    """Files the user asked for; returns lines to print."""
+    """Files the user asked for, and the run's results.json; returns lines to print."""
     from pytest_forge.items import forge_session
 
     lines = []
-    forge = forge_session(config).config
+    session = forge_session(config)
+    forge = session.config
+    if results:
+        path = session.run_dir / "results.json"
+        doc = results_document(results, session.hardware.describe())
+        write_text_atomic(path, json.dumps(doc, indent=2))
+        lines.append(f"forge: results in {path} (compare runs with `forge compare A B`)")
     if forge.bench_json is not None and results:
         # github-action-benchmark splits series into "customBiggerIsBetter" /
         # "customSmallerIsBetter" tools; we write both files when both kinds exist.
@@ -256,14 +286,16 @@ class ProgressPrinter:
             self._emit(text, force)
 
     def _emit(self, text: str, force: bool) -> None:
+        # Looked up now: while pytest captures, sys.stderr is its buffer, not the terminal.
+        stream = self.stream or sys.stderr
         now = time.monotonic()
         if self.live:
-            self.stream.write("\r\x1b[2K" + text[:200])
-            self.stream.flush()
+            stream.write("\r\x1b[2K" + text[:200])
+            stream.flush()
         elif force or now - self._last >= 30:
             # CI logs: one line per phase change, and at most one every 30 s otherwise.
-            self.stream.write(text + "\n")
-            self.stream.flush()
+            stream.write(text + "\n")
+            stream.flush()
             self._last = now
 
     def phase(self, name: str) -> None:
@@ -273,9 +305,7 @@ class ProgressPrinter:
     def update(self, p: Progress) -> None:
         phase = "warmup" if p.phase == "warmup" else f"repeat {p.repeat} of {p.repeats}"
         rate = p.output_tokens / p.elapsed_s if p.elapsed_s > 0 else 0.0
-        text = (
-            f"forge {self.label}: {phase}, requests {p.done}/{p.total}, {rate:.0f} tok/s so far"
-        )
+        text = f"forge {self.label}: {phase}, requests {p.done}/{p.total}, {rate:.0f} tok/s so far"
         self._write(text, force=phase != self._last_phase)
         self._last_phase = phase
 
@@ -288,11 +318,10 @@ def progress_printer(config: pytest.Config, label: str) -> ProgressPrinter:
     reporter = config.pluginmanager.get_plugin("terminalreporter")
     quiet = config.get_verbosity() < 0
     is_ci = bool(os.environ.get("CI"))
-    stream = sys.stderr
-    live = bool(getattr(stream, "isatty", lambda: False)()) and not is_ci
+    live = sys.__stderr__ is not None and sys.__stderr__.isatty() and not is_ci
     enabled = reporter is not None and not quiet and (live or is_ci or config.get_verbosity() > 0)
     capman = config.pluginmanager.get_plugin("capturemanager")
-    return ProgressPrinter(stream, label, live, enabled, capman)
+    return ProgressPrinter(None, label, live, enabled, capman)
 
 
 def write_text_atomic(path: Path, text: str) -> None:

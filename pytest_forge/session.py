@@ -133,7 +133,10 @@ class ForgeSession:
             )
         if slot.endpoint is None:
             server = VllmServer(
-                recipe, self.run_dir, boot_timeout_s=self.config.boot_timeout_s
+                recipe,
+                self.run_dir,
+                boot_timeout_s=self.config.boot_timeout_s,
+                extra_env=self.device_env(recipe),
             )
             self.boots += 1
             try:
@@ -143,6 +146,35 @@ class ForgeSession:
                 raise
             slot.server = server
         return slot.endpoint, slot.server
+
+    @property
+    def live_servers(self) -> set[str]:
+        return {k for k, slot in self._servers.items() if slot.endpoint is not None}
+
+    def device_env(self, recipe: Recipe) -> dict[str, str]:
+        """Under pytest-xdist, worker i gets its own GPUs: the i-th block of count devices."""
+        worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+        if not worker.startswith("gw") or recipe.hardware.vendor == "cpu":
+            return {}
+        index = int(worker[2:])
+        var = (
+            "CUDA_VISIBLE_DEVICES" if recipe.hardware.vendor == "nvidia" else "HIP_VISIBLE_DEVICES"
+        )
+        visible = os.environ.get(var)
+        devices = (
+            [d for d in visible.split(",") if d]
+            if visible
+            else [str(i) for i in range(self.hardware.count)]
+        )
+        count = recipe.hardware.count
+        mine = devices[index * count : (index + 1) * count]
+        if len(mine) < count:
+            raise ForgeError(
+                f"pytest-xdist worker {worker} needs {count} {recipe.hardware.vendor} GPU(s) "
+                f"for recipe {recipe.id}, but only {len(devices)} are visible for "
+                f"{os.environ.get('PYTEST_XDIST_WORKER_COUNT', '?')} workers"
+            )
+        return {var: ",".join(mine)}
 
     def stop_server(self, recipe_key: str) -> None:
         slot = self._servers.get(recipe_key)

@@ -60,8 +60,10 @@ def tiny_model_dir(cache_dir: Path | None = None) -> Path:
 
 
 def _is_built(path: Path) -> bool:
-    return (path / "config.json").is_file() and (path / "tokenizer.json").is_file() and any(
-        path.glob("*.safetensors")
+    return (
+        (path / "config.json").is_file()
+        and (path / "tokenizer.json").is_file()
+        and any(path.glob("*.safetensors"))
     )
 
 

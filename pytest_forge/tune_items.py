@@ -89,7 +89,9 @@ def tune_items(
     budget = _budget(session, recipe)
     names = ["baseline"] + [f"{i:02d}" for i in range(1, budget + 1)] + ["winner"]
     for name in names:
-        item = TuneItem.from_parent(parent, name=f"tune[{name}]", slot=name, check_error=check_error)
+        item = TuneItem.from_parent(
+            parent, name=f"tune[{name}]", slot=name, check_error=check_error
+        )
         if skip_reason:
             item.add_marker(pytest.mark.skip(reason=skip_reason))
         yield item
@@ -167,7 +169,6 @@ def _progress(node: pytest.Node, label: str):
 
 
 def _recipe_tune(item: TuneItem) -> RecipeTune:
-    from pytest_forge.hardware import quant_supported  # noqa: F401  (gates live in the agent)
     from pytest_forge.tune.agent import make_agent
     from pytest_forge.tune.playbook import hardware_class, load_playbook
     from pytest_forge.tune.store import RunStore
@@ -214,8 +215,7 @@ def _recipe_tune(item: TuneItem) -> RecipeTune:
         playbook_path = c.playbook
     playbook = load_playbook(playbook_path)
     hw_class = hardware_class(session.hardware)
-    if hw_class not in playbook.spaces:
-        raise ForgeError(f"the playbook has no search space for hardware class {hw_class}")
+    search_space = playbook.search_space(hw_class)
     agent = make_agent(spec, playbook, os.environ)
     tuner = Tuner(
         recipe,
@@ -224,7 +224,7 @@ def _recipe_tune(item: TuneItem) -> RecipeTune:
         options,
         hardware=session.hardware,
         hardware_class=hw_class,
-        search_space=playbook.spaces[hw_class],
+        search_space=search_space,
         evaluate=_make_evaluate(session, parent, store.server_log_dir),
         measured_with=session.measured_with,
     )
@@ -289,6 +289,16 @@ class TuneItem(pytest.Item):
         return self.path, 0, f"{self.parent.name}::{self.name}"
 
 
-def tune_summary(session: ForgeSession) -> str:
-    del session
-    return ""
+def tune_summary(config: pytest.Config) -> str:
+    """Each tuned recipe's experiment table (the same as ``forge report RUN_DIR``)."""
+    from pytest_forge.tune.store import render_report
+
+    blocks = []
+    for tune in config.stash.get(_TUNES_KEY, {}).values():
+        store = tune.tuner.store
+        text = render_report(store.path)
+        if tune.result is not None:
+            text += f"\n{tune.result.message}"
+        text += f"\nrun store: {store.path}"
+        blocks.append(text)
+    return "\n\n".join(blocks)

@@ -149,7 +149,11 @@ def judge(
         )
 
     if accuracy_floor is not None:
-        if accuracy is None or accuracy.value is None:
+        if accuracy is not None and accuracy.value is None and accuracy.scorer == "agreement":
+            # Agreement compares with the outputs recorded beside the baseline: like a
+            # missing baseline, missing recordings are reported, not failed.
+            checks.append(Check("accuracy", True, f"not measured: {accuracy.note}"))
+        elif accuracy is None or accuracy.value is None:
             note = accuracy.note if accuracy is not None else "no scorer applies"
             checks.append(
                 Check(

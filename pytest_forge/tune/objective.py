@@ -140,18 +140,24 @@ def noise_band(
     best: Mapping[str, Scorable],
     sigmas: float = 2.0,
 ) -> float:
-    """Relative change that noise alone can explain: sigmas x sqrt(cv_c² + cv_b²), worst workload.
+    """Relative change of the score that noise alone can explain.
 
-    The CV of a ratio of two independent noisy medians is about the root sum of squares of
-    their CVs; ``sigmas`` of it is the band a real improvement must clear.
+    Each workload's median over n repeats has a standard error of about
+    1.2533 x cv / sqrt(n); a ratio of two independent medians adds their variances, and
+    the geometric mean over W workloads divides the summed variance by W². ``sigmas`` of
+    that standard error is the band a real improvement must clear.
     """
     metric = objective(name).metric
-    band = 0.0
-    for workload in sorted(set(candidate) & set(best)):
-        cv_c = _cv(candidate[workload], metric)
-        cv_b = _cv(best[workload], metric)
-        band = max(band, sigmas * math.sqrt(cv_c**2 + cv_b**2))
-    return band
+    workloads = sorted(set(candidate) & set(best))
+    if not workloads:
+        return 0.0
+    variance = 0.0
+    for workload in workloads:
+        for m in (candidate[workload], best[workload]):
+            n = max(1, len(getattr(m, "repeats", []) or [None]))
+            se = 1.2533 * _cv(m, metric) / math.sqrt(n)
+            variance += se**2
+    return sigmas * math.sqrt(variance) / len(workloads)
 
 
 def decide(

@@ -60,8 +60,12 @@ _KEPT_MARK = {"baseline": "✓", "kept": "✓", "rejected": "✗"}
 
 # -- redaction -------------------------------------------------------------------------
 def _is_secret_key(key: str) -> bool:
-    words = re.split(r"[^a-z0-9]+", re.sub(r"([a-z0-9])([A-Z])", r"\1_\2", key).lower())
-    return any(w.endswith(_SECRET_WORDS) for w in words if w)
+    words = [
+        w for w in re.split(r"[^a-z0-9]+", re.sub(r"([a-z0-9])([A-Z])", r"\1_\2", key).lower()) if w
+    ]
+    # The last word names what the value is: HF_TOKEN, api_key, client_secret are secrets;
+    # total_token_throughput and max_num_batched_tokens are not.
+    return bool(words) and words[-1].endswith(_SECRET_WORDS)
 
 
 def redact(value: Any, where: str = "config") -> Any:
@@ -80,7 +84,7 @@ def redact(value: Any, where: str = "config") -> Any:
     if isinstance(value, Mapping):
         return {
             str(k): REDACTED
-            if _is_secret_key(str(k)) and v is not None
+            if _is_secret_key(str(k)) and isinstance(v, str)
             else redact(v, f"{where}.{k}")
             for k, v in value.items()
         }

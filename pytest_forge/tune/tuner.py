@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from pytest_forge.errors import AgentError, ForgeError, RecipeError
-from pytest_forge.metrics import Measurement, RepeatSummary, ServerMetricsDelta
+from pytest_forge.metrics import Measurement
 from pytest_forge.recipe import Baseline, Lineage, MeasuredWith, Quant, Recipe
 from pytest_forge.tune import objective as obj
 from pytest_forge.tune.store import RunStore
@@ -168,24 +168,7 @@ def baseline_from(
 
 def measurement_from_dict(data: Mapping[str, Any]) -> Measurement:
     """Rebuild a stored ``Measurement.to_dict()`` (summaries only, no per-request records)."""
-    repeat_fields = {f.name for f in dataclasses.fields(RepeatSummary)}
-    server_fields = {f.name for f in dataclasses.fields(ServerMetricsDelta)}
-    repeats = [
-        RepeatSummary(**{k: v for k, v in r.items() if k in repeat_fields})
-        for r in data.get("repeats") or []
-    ]
-    server = [
-        ServerMetricsDelta(**{k: s.get(k) for k in server_fields}) if s else None
-        for s in data.get("server") or []
-    ]
-    return Measurement(
-        workload=str(data.get("workload") or ""),
-        repeats=repeats,
-        records=[],
-        server=server,
-        vllm_version=data.get("vllm_version"),
-        prefix_cache_reset=bool(data.get("prefix_cache_reset")),
-    )
+    return Measurement.from_dict(data)
 
 
 class Tuner:

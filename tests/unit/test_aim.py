@@ -41,6 +41,13 @@ def spec() -> VllmArgSpec:
     return load_bundled_spec()
 
 
+@pytest.fixture(autouse=True)
+def bundled_args(monkeypatch: pytest.MonkeyPatch, spec: VllmArgSpec) -> None:
+    # The CLI asks for the installed vLLM's args; introspecting it takes seconds when the
+    # cache is cold, so CLI tests get the bundled list instead.
+    monkeypatch.setattr("pytest_forge.vllm_args.load_arg_spec", lambda *a, **k: spec)
+
+
 def write_aim(
     tmp_path: Path,
     blocks: dict[str, dict[str, Any]],
@@ -239,6 +246,8 @@ def test_unknown_args_get_the_nearest_vllm_name(spec: VllmArgSpec) -> None:
         ({"1_gpu": block(), "2_gpu": block(**{"--tensor-parallel-size": "2", "--port": "9000"})},
          {}, "vllm_serve", "--port differs"),
         ({"1_gpu": {"enabled": True}}, {}, "vllm_serve.1_gpu.args", "not a mapping"),
+        ({"1_gpu": block(**{"--compilation-config": '{"cudagraph_modes": "FULL"}'})}, {},
+         "vllm_serve.1_gpu.args.--compilation-config", "nearest valid name: 'cudagraph_mode'"),
     ],
 )  # fmt: skip
 def test_guide_checks(

@@ -238,10 +238,19 @@ def test_noise_band_and_decide() -> None:
     noisy = {"chat": fake_measurement("chat", [97.0, 100.0, 103.0])}
     steady = {"chat": fake_measurement("chat", [100.0, 100.0, 100.0])}
     single = {"chat": fake_measurement("chat", [100.0])}
-    assert obj.noise_band("throughput", noisy, noisy) == pytest.approx(2 * (2 * 0.03**2) ** 0.5)
+    # standard error of a median of 3: 1.2533 x cv / sqrt(3); two medians in the ratio
+    se = 1.2533 * 0.03 / 3**0.5
+    assert obj.noise_band("throughput", noisy, noisy) == pytest.approx(2 * (2 * se**2) ** 0.5)
+    # more workloads average the noise of the geometric mean down
+    two = {"chat": noisy["chat"], "rag": noisy["chat"]}
+    assert obj.noise_band("throughput", two, two) == pytest.approx(
+        obj.noise_band("throughput", noisy, noisy) / 2**0.5
+    )
     assert obj.noise_band("throughput", steady, steady) == 0.0
     # One repeat reports CV 0; the band assumes a typical spread instead of none.
-    assert obj.noise_band("throughput", single, steady) == pytest.approx(2 * obj.SINGLE_RUN_CV)
+    assert obj.noise_band("throughput", single, steady) == pytest.approx(
+        2 * 1.2533 * obj.SINGLE_RUN_CV
+    )
 
     keep = obj.decide(1.084, 1.031, True, 0.02, 0.012)
     assert keep.keep
@@ -334,7 +343,7 @@ def test_the_noise_band_keeps_out_a_one_percent_gain(tmp_path: Path, recipe_path
     out = noisy.run_slot(1)
     assert out.status == "rejected"
     assert out.score == pytest.approx(1.01)
-    assert "noise 8.5%" in out.reason
+    assert "noise 4.3%" in out.reason
 
     steady = make_tuner(
         recipe_path, new_store(tmp_path), ScriptedAgent([PREFIX]), Landscape(cv=0.0),
