@@ -10,7 +10,7 @@ import datetime as _dt
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pytest_forge import __version__
 from pytest_forge.accuracy import (
@@ -22,11 +22,14 @@ from pytest_forge.accuracy import (
 )
 from pytest_forge.bench import BenchOptions, Progress, run_bench
 from pytest_forge.endpoint import Endpoint
-from pytest_forge.errors import ForgeError
+from pytest_forge.errors import ForgeError, ServerError
 from pytest_forge.metrics import Measurement
 from pytest_forge.recipe import Baseline, MeasuredWith, Recipe
 from pytest_forge.verdict import Check, Verdict, judge
 from pytest_forge.workload import Workload
+
+if TYPE_CHECKING:
+    from pytest_forge.tune.tuner import Evaluation
 
 
 @dataclass(frozen=True)
@@ -200,3 +203,45 @@ def record_baseline(recipe_path: Path, result: CaseResult, with_: MeasuredWith) 
     updated.save(recipe_path)
     notes.append(f"baseline for {result.workload} written to {recipe_path}")
     return notes
+
+
+def evaluate_recipe(
+    recipe: Recipe,
+    workloads: list[Workload],
+    log_dir: Path,
+    options: GateOptions,
+    *,
+    vllm_version: str | None,
+    boot_timeout_s: float,
+    progress: Callable[[str], Callable[[Progress], None] | None] | None = None,
+) -> Evaluation:
+    """Boot ``recipe`` once, run every workload through :func:`run_case`, stop the server.
+
+    The tuner's candidates and the benchmarks take this path; a boot failure or a server
+    death is returned as the evaluation's error (with the vLLM log tail), not raised.
+    """
+    from pytest_forge.server import VllmServer
+    from pytest_forge.tune.tuner import Evaluation
+
+    server = VllmServer(recipe, log_dir, boot_timeout_s=boot_timeout_s)
+    measurements: dict[str, Measurement] = {}
+    verdicts: dict[str, Verdict] = {}
+    try:
+        endpoint = server.start()
+        for workload in workloads:
+            result = run_case(
+                recipe,
+                workload,
+                endpoint,
+                options,
+                vllm_version=vllm_version,
+                health_check=server.check_alive,
+                on_progress=progress(workload.name) if progress else None,
+            )
+            measurements[workload.name] = result.measurement
+            verdicts[workload.name] = result.verdict
+    except ServerError as exc:
+        return Evaluation(measurements, verdicts, error=str(exc))
+    finally:
+        server.stop()
+    return Evaluation(measurements, verdicts, error=None)

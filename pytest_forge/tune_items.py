@@ -12,11 +12,10 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from pytest_forge.errors import ForgeError, ServerError
+from pytest_forge.errors import ForgeError
 from pytest_forge.items import ForgeFailure, RecipeFile, forge_session
-from pytest_forge.pipeline import GateOptions, run_case
+from pytest_forge.pipeline import GateOptions, evaluate_recipe
 from pytest_forge.recipe import Recipe
-from pytest_forge.server import VllmServer
 from pytest_forge.workload import discover_workloads, load_workload
 
 if TYPE_CHECKING:
@@ -121,43 +120,26 @@ def _config_record(session: ForgeSession, recipe: Recipe, agent_spec: str) -> di
 
 def _make_evaluate(session: ForgeSession, recipe_file: RecipeFile, log_dir: Path):
     """Evaluate a candidate through the gate's path: one boot, every workload, then stop."""
-    from pytest_forge.tune.tuner import Evaluation
-
     available = discover_workloads(session.config.workloads_dir)
+    options = GateOptions(
+        repeats=session.config.repeats, accuracy_floor=session.config.accuracy_floor
+    )
 
     def evaluate(candidate: Recipe) -> Evaluation:
         names = candidate.workloads if candidate.workloads is not None else list(available)
         workloads = [load_workload(available[n]) for n in names if n in available]
         if not workloads:
             raise ForgeError(f"recipe {candidate.id}: none of its workloads {names} exist")
-        server = VllmServer(candidate, log_dir, boot_timeout_s=session.config.boot_timeout_s)
         session.boots += 1
-        measurements: dict[str, Any] = {}
-        verdicts: dict[str, Any] = {}
-        try:
-            endpoint = server.start()
-            for workload in workloads:
-                progress = _progress(recipe_file, f"{candidate.id}:{workload.name}")
-                result = run_case(
-                    candidate,
-                    workload,
-                    endpoint,
-                    GateOptions(
-                        repeats=session.config.repeats,
-                        accuracy_floor=session.config.accuracy_floor,
-                    ),
-                    vllm_version=session.vllm_version,
-                    health_check=server.check_alive,
-                    on_progress=progress.update,
-                )
-                progress.done()
-                measurements[workload.name] = result.measurement
-                verdicts[workload.name] = result.verdict
-        except ServerError as exc:
-            return Evaluation(measurements, verdicts, error=str(exc))
-        finally:
-            server.stop()
-        return Evaluation(measurements, verdicts, error=None)
+        return evaluate_recipe(
+            candidate,
+            workloads,
+            log_dir,
+            options,
+            vllm_version=session.vllm_version,
+            boot_timeout_s=session.config.boot_timeout_s,
+            progress=lambda name: _progress(recipe_file, f"{candidate.id}:{name}").update,
+        )
 
     return evaluate
 

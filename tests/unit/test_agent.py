@@ -139,8 +139,7 @@ def test_validate_refuses_what_is_outside_the_space() -> None:
     assert refusal is not None and "allowed: [16, 64]" in refusal
     assert validate_proposal(ctx, Proposal("x", {})) is not None
     assert validate_proposal(ctx, Proposal("x", {"config.max_num_seqs": 64})) is None
-    # The agent's int stands for the listed env string, and is returned in listed form.
-    assert validate_proposal(ctx, Proposal("x", {"env.VLLM_CPU_KVCACHE_SPACE": 2})) is None
+    assert validate_proposal(ctx, Proposal("x", {"env.VLLM_CPU_KVCACHE_SPACE": "2"})) is not None
 
 
 def test_fp8_gate_refuses_t4_and_allows_h100() -> None:
@@ -481,7 +480,7 @@ def test_prompt_carries_space_recipe_history_and_format() -> None:
     system, user = build_prompt(cpu_ctx(recipe=recipe, history=history), PLAYBOOK)
     assert PLAYBOOK.text.strip() in system and '"rationale"' in system
     assert "Hardware class: CPU" in user and "AMD EPYC" in user
-    assert "values: ['1', '2', '4']" in user  # the legal space, env values as strings
+    assert "values: [16, 64]" in user  # the legal space
     assert "enforce_eager: true" in user  # the best recipe
     assert "batch more" in user and "below best" in user and "ttft_p99_ms: 41.0" in user
     assert "output_throughput" in user
@@ -500,7 +499,7 @@ def landscape(recipe: Recipe) -> float:
     score *= 1.0 + 0.06 * chunked_off + 0.05 * chunked_off * (c["max_num_batched_tokens"] == 8192)
     score *= 1.0 if c["enable_prefix_caching"] else 0.97
     score *= 1.0 if c["enforce_eager"] else 1.08
-    score *= {"1": 1.0, "2": 1.015, "4": 1.005}[env["VLLM_CPU_KVCACHE_SPACE"]]
+    score *= {"1": 1.0, "2": 1.015, "4": 1.005}[env.get("VLLM_CPU_KVCACHE_SPACE", "1")]
     return score
 
 

@@ -76,10 +76,10 @@ def test_bundled_cpu_space_is_small_and_has_no_quantization() -> None:
         "config.enable_prefix_caching",
         "config.enable_chunked_prefill",
         "config.enforce_eager",
-        "env.VLLM_CPU_KVCACHE_SPACE",
     ):
         assert key in cpu.params
-    assert cpu.params["env.VLLM_CPU_KVCACHE_SPACE"].values == ["1", "2", "4"]
+    # The tiny model's KV cache is never the bottleneck: searching its size wastes runs.
+    assert "env.VLLM_CPU_KVCACHE_SPACE" not in cpu.params
 
 
 def test_bundled_fp8_only_where_the_gate_allows_it() -> None:
@@ -236,7 +236,7 @@ def test_a_playbook_for_one_class_still_loads(tmp_path: Path) -> None:
 def test_playbook_show_and_validate(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     shown = playbook_show(None)
     assert "What to try first" in shown
-    assert "CPU: 6 parameters, 96 grid points" in shown
+    assert "CPU: 5 parameters, 32 grid points" in shown
 
     assert playbook_validate(None) == 0
     assert "OK" in capsys.readouterr().out

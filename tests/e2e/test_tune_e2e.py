@@ -1,0 +1,75 @@
+"""`pytest --forge-tune` on real vLLM with the offline playbook agent, and `pytest -n 2`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from pytest_forge.recipe import Recipe
+from tests.e2e.project import make_project, processes_with_marker, run_pytest, write_tiny_recipe
+
+pytestmark = pytest.mark.e2e
+
+
+def test_tune_with_the_playbook_agent_then_gate(tiny_model_dir: Path, tmp_path: Path) -> None:
+    root = make_project(tmp_path)
+    recipe_path = root / "recipes" / "tiny-llama-cpu.yaml"
+    before = recipe_path.read_text()
+    committed = Recipe.load(recipe_path)
+
+    tune = run_pytest(root, "--forge-tune", "--forge-agent=playbook", "--forge-budget=2")
+    assert tune.returncode == 0, tune.output[-4000:]  # a finished tune exits 0
+    names = [k for k in tune.junit if "::" in k]
+    assert sorted(n.split("::")[1] for n in names) == [
+        "tune[01]",
+        "tune[02]",
+        "tune[baseline]",
+        "tune[winner]",
+    ]
+    assert "forge tune: agent playbook" in tune.output
+
+    (run_dir,) = (root / ".forge" / "runs").iterdir()
+    records = [
+        json.loads(line) for line in (run_dir / "experiments.jsonl").read_text().splitlines()
+    ]
+    assert records[0]["status"] == "baseline"
+    assert [r["exp"] for r in records] == list(range(len(records)))
+    assert len(records) == 3  # the baseline and both candidates ran (a 32-point space)
+    for r in records[1:]:
+        assert r["status"] in ("kept", "rejected", "crashed", "invalid")
+        assert r["rationale"]
+    assert (run_dir / "completed.json").is_file()
+    assert (run_dir / "experiments.tsv").is_file()
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["agent"] == "playbook" and config["budget"] == 2
+
+    after = Recipe.load(recipe_path)
+    if any(r["status"] == "kept" for r in records) and "recipes/ untouched" not in tune.output:
+        # the winner is the new committed recipe: lineage and baselines from measurements
+        assert after.lineage.generation == committed.lineage.generation + 1
+        assert after.lineage.parent_id == committed.content_hash
+        assert after.lineage.rationale
+        assert set(after.baselines) == {"mini-chat", "mini-accuracy"}
+        assert "# Random weights answer nothing correctly" in recipe_path.read_text()
+        gate = run_pytest(root, "--forge-tolerance=0.5")
+        assert gate.returncode == 0, gate.output[-4000:]
+    else:
+        assert recipe_path.read_text() == before
+    assert processes_with_marker(tune.marker) == []
+
+
+def test_xdist_two_workers_boot_each_recipe_once(tiny_model_dir: Path, tmp_path: Path) -> None:
+    root = make_project(tmp_path, recipe_ids=())
+    write_tiny_recipe(root, "tiny-a", workloads=["mini-chat", "mini-accuracy"])
+    write_tiny_recipe(root, "tiny-b", workloads=["mini-chat", "mini-accuracy"], max_num_seqs=64)
+    run = run_pytest(root, "-n", "2")
+    assert run.returncode == 0, run.output[-4000:]
+    assert "4 passed" in run.output
+    # the controller's summary merges both workers' results; each recipe booted once
+    assert "forge: 2 vLLM server boot(s)" in run.output
+    summary = run.output.split("pytest-forge summary", 1)[1]
+    for recipe in ("tiny-a", "tiny-b"):
+        assert summary.count(recipe) == 2
+    assert processes_with_marker(run.marker) == []
