@@ -70,6 +70,7 @@ def case_to_dict(result: CaseResult) -> dict[str, Any]:
             "vllm_now": v.vllm_now,
         },
         "notes": list(result.notes),
+        "baseline_written": result.baseline_written,
     }
 
 
@@ -92,6 +93,7 @@ def case_from_dict(data: dict[str, Any]) -> CaseResult:
         Measurement.from_dict(data["measurement"]),
         accuracy,
         verdict,
+        baseline_written=bool(data.get("baseline_written", False)),
         notes=list(data.get("notes", [])),
     )
 

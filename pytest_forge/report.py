@@ -108,16 +108,22 @@ def summary_rows(results: Iterable[CaseResult]) -> list[list[str]]:
                 r.recipe_id,
                 r.workload,
                 _num(head.get("output_throughput")),
-                "no baseline"
-                if r.verdict.baseline is None
-                else ("-" if change is None else f"{change:+.1%}"),
+                _change_cell(r, change),
                 _num(head.get("ttft_p99_ms")),
                 _num(head.get("tpot_p99_ms"), "{:.2f}"),
                 _num(r.accuracy.value if r.accuracy else None, "{:.3f}"),
-                r.verdict.status.upper(),
+                "RECORDED" if r.baseline_written else r.verdict.status.upper(),
             ]
         )
     return rows
+
+
+def _change_cell(result: CaseResult, change: float | None) -> str:
+    if result.baseline_written:
+        return "new baseline"
+    if result.verdict.baseline is None:
+        return "no baseline"
+    return "-" if change is None else f"{change:+.1%}"
 
 
 SUMMARY_HEADER = [

@@ -64,6 +64,7 @@ class FakeResult:
     accuracy: FakeAccuracy | None
     verdict: Verdict
     notes: list[str] = field(default_factory=list)
+    baseline_written: bool = False
 
 
 def case(

@@ -113,7 +113,10 @@ def test_update_baselines_then_gate_then_raised_baseline_fails(
     project: pytest.Pytester, fake: FakeServer
 ) -> None:
     recipe_path = project.path / "recipes" / "alpha.yaml"
-    _run(project, fake, "-k", "alpha", "--forge-update-baselines").assert_outcomes(passed=2)
+    update = _run(project, fake, "-k", "alpha", "--forge-update-baselines")
+    update.assert_outcomes(passed=2)
+    summary = update.stdout.str().split("pytest-forge summary", 1)[1]
+    assert summary.count("new baseline") == 2 and summary.count("RECORDED") == 2
 
     text = recipe_path.read_text()
     assert "# a user's comment that must survive baseline updates" in text
