@@ -68,6 +68,10 @@ class HostHardware:
     gpus: list[GpuInfo] = field(default_factory=list)
     cpu_model: str = ""
     cpu_count: int = 1
+    # The widest vector ISA vLLM's CPU kernels use here. Two "AMD EPYC" hosts with
+    # different ISAs run different kernels: other speeds, and other greedy outputs from a
+    # random-weight model whose top logits nearly tie. So it is part of the identity.
+    cpu_isa: str = ""
 
     @property
     def gpu_type(self) -> str | None:
@@ -84,7 +88,8 @@ class HostHardware:
 
     def describe(self) -> str:
         if self.vendor == "cpu" or not self.gpus:
-            return f"cpu: {self.cpu_model} ({self.cpu_count} cores)"
+            isa = f", {self.cpu_isa}" if self.cpu_isa else ""
+            return f"cpu: {self.cpu_model} ({self.cpu_count} cores{isa})"
         parts: list[str] = []
         # Group identical GPUs: "NVIDIA H100 80GB HBM3 x8 (...)".
         groups: dict[tuple[str, str | None, str | None], int] = {}
@@ -230,6 +235,27 @@ def _cpu_model() -> str:
     return platform.processor() or platform.machine() or "unknown CPU"
 
 
+# Most capable first; the names are /proc/cpuinfo flags (x86) or Features (Arm).
+_CPU_ISA_LEVELS = ("amx_bf16", "avx512_bf16", "avx512f", "avx2", "sve", "asimd")
+
+
+def cpu_isa(cpuinfo: str) -> str:
+    """The best vector ISA named in a /proc/cpuinfo text, or "" when none is known."""
+    flags: set[str] = set()
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() in ("flags", "Features"):
+            flags.update(value.split())
+    return next((isa for isa in _CPU_ISA_LEVELS if isa in flags), "")
+
+
+def _cpu_isa() -> str:
+    try:
+        return cpu_isa(Path("/proc/cpuinfo").read_text(errors="replace"))
+    except OSError:
+        return ""
+
+
 def _cpu_count() -> int:
     # The affinity mask is what this process (and the vLLM it starts) may use.
     try:
@@ -239,12 +265,12 @@ def _cpu_count() -> int:
 
 
 def _detect(env: Mapping[str, str]) -> HostHardware:
-    cpu_model, cpu_count = _cpu_model(), _cpu_count()
+    cpu_model, cpu_count, isa = _cpu_model(), _cpu_count(), _cpu_isa()
     text = _run_smi(NVIDIA_QUERY)
     if text is not None:
         gpus = _visible(parse_nvidia_smi(text), env.get("CUDA_VISIBLE_DEVICES"))
         if gpus:
-            return HostHardware("nvidia", gpus, cpu_model, cpu_count)
+            return HostHardware("nvidia", gpus, cpu_model, cpu_count, isa)
     text = _run_smi(ROCM_QUERY)
     if text is not None:
         # ROCR filters first; HIP (or CUDA, which HIP honours as an alias) indexes the rest.
@@ -252,8 +278,8 @@ def _detect(env: Mapping[str, str]) -> HostHardware:
         hip = env.get("HIP_VISIBLE_DEVICES", env.get("CUDA_VISIBLE_DEVICES"))
         gpus = _visible(gpus, hip)
         if gpus:
-            return HostHardware("amd", gpus, cpu_model, cpu_count)
-    return HostHardware("cpu", [], cpu_model, cpu_count)
+            return HostHardware("amd", gpus, cpu_model, cpu_count, isa)
+    return HostHardware("cpu", [], cpu_model, cpu_count, isa)
 
 
 @functools.lru_cache(maxsize=1)

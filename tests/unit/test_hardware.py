@@ -111,8 +111,23 @@ def test_failing_nvidia_smi_falls_through_to_cpu(smi_dir: Path) -> None:
     host = detect_hardware()
     assert host.vendor == "cpu" and host.gpus == [] and host.count == 0
     assert host.cpu_count >= 1 and host.cpu_model
-    assert host.describe() == f"cpu: {host.cpu_model} ({host.cpu_count} cores)"
+    assert host.describe().startswith(f"cpu: {host.cpu_model} ({host.cpu_count} cores")
     assert backend_name(host) == "cpu"
+
+
+def test_cpu_isa_is_part_of_the_cpu_identity() -> None:
+    genoa = "processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512_bf16 avx512vl\n"
+    milan = "processor\t: 0\nflags\t\t: fpu sse2 avx avx2 fma\n"
+    graviton = "processor\t: 0\nFeatures\t: fp asimd sve\n"
+    assert hardware.cpu_isa(genoa) == "avx512_bf16"
+    assert hardware.cpu_isa(milan) == "avx2"
+    assert hardware.cpu_isa(graviton) == "sve"
+    assert hardware.cpu_isa("processor\t: 0\n") == ""
+    a = HostHardware("cpu", [], "AMD EPYC", 2, "avx512_bf16")
+    b = HostHardware("cpu", [], "AMD EPYC", 2, "avx2")
+    assert a.describe() == "cpu: AMD EPYC (2 cores, avx512_bf16)"
+    assert a.describe() != b.describe()  # baselines from one are skipped on the other
+    assert HostHardware("cpu", [], "AMD EPYC", 2).describe() == "cpu: AMD EPYC (2 cores)"
 
 
 def test_hanging_smi_times_out_and_falls_through(smi_dir: Path, monkeypatch) -> None:
