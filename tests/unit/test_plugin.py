@@ -148,6 +148,34 @@ def test_update_baselines_then_gate_then_raised_baseline_fails(
     assert "output_throughput" in out and "baseline" in out and "tolerance 5%" in out
 
 
+def test_update_baselines_re_records_outputs_that_drifted(
+    project: pytest.Pytester, fake: FakeServer
+) -> None:
+    _run(project, fake, "-k", "beta", "--forge-update-baselines").assert_outcomes(passed=2)
+    recorded = project.path / "recipes" / "beta.outputs" / "short.jsonl"
+    good = recorded.read_text()
+    # Outputs drift (a vLLM upgrade, other CPU kernels): agreement now breaks the floor.
+    lines = [json.loads(line) for line in good.splitlines()]
+    drifted = [{**row, "text": "something else entirely"} for row in lines]
+    recorded.write_text("".join(json.dumps(row) + "\n" for row in drifted))
+    gate = _run(project, fake, "-k", "beta", "--forge-accuracy-floor=0.9", "--forge-tolerance=0.9")
+    gate.assert_outcomes(passed=1, failed=1)
+    assert "accuracy" in gate.stdout.str() and "floor 0.9" in gate.stdout.str()
+
+    # Updating is the snapshot update: the new outputs become the reference, and the
+    # summary says how far they had moved.
+    update = _run(
+        project, fake, "-k", "beta", "--forge-update-baselines", "--forge-accuracy-floor=0.9"
+    )
+    update.assert_outcomes(passed=2)
+    out = update.stdout.str()
+    assert out.count("agreement with the previous recording was") == 1  # only short moved
+    assert "short.jsonl" in out.split("agreement with the previous recording was", 1)[1]
+    assert recorded.read_text() == good
+    again = _run(project, fake, "-k", "beta", "--forge-accuracy-floor=0.9", "--forge-tolerance=0.9")
+    again.assert_outcomes(passed=2)
+
+
 def test_accuracy_floor_above_one_fails(project: pytest.Pytester, fake: FakeServer) -> None:
     _run(project, fake, "-k", "beta", "--forge-update-baselines").assert_outcomes(passed=2)
     result = _run(project, fake, "-k", "beta", "--forge-accuracy-floor=1.5")
