@@ -40,6 +40,7 @@ class GateOptions:
     accuracy_floor: float | None = None
     tolerance: float | None = None
     update_baselines: bool = False
+    kv_sample_interval_s: float = 0.0  # see BenchOptions.metrics_interval_s
 
 
 @dataclass
@@ -142,7 +143,10 @@ def run_case(
     on_progress: Callable[[Progress], None] | None = None,
 ) -> CaseResult:
     """Replay one workload on a running endpoint and judge it."""
-    bench_options = BenchOptions(repeats=workload.replay.repeats or options.repeats)
+    bench_options = BenchOptions(
+        repeats=workload.replay.repeats or options.repeats,
+        metrics_interval_s=options.kv_sample_interval_s,
+    )
     measurement = run_bench(
         endpoint, workload, bench_options, on_progress=on_progress, health_check=health_check
     )

@@ -40,6 +40,14 @@ _OPTIONS: list[tuple[str, str, Any, Any, str]] = [
     ),
     ("--forge-boot-timeout", "forge_boot_timeout", float, 900.0, "seconds for vLLM to boot"),
     (
+        "--forge-kv-sample-interval",
+        "forge_kv_sample_interval",
+        float,
+        0.0,
+        "sample vLLM's KV-cache usage every S seconds during timed repeats (default 0: off; "
+        "each /metrics request stalls vLLM's API server and so the measurement)",
+    ),
+    (
         "--forge-bench-json",
         "forge_bench_json",
         str,
@@ -129,6 +137,7 @@ def _build_config(config: pytest.Config) -> ForgeConfig:
         accuracy_floor=values["forge_accuracy_floor"],
         tolerance=values["forge_tolerance"],
         boot_timeout_s=values["forge_boot_timeout"] or 900.0,
+        kv_sample_interval_s=values["forge_kv_sample_interval"] or 0.0,
         update_baselines=flags["forge_update_baselines"],
         bench_json=path("forge_bench_json"),
         report_dir=path("forge_report"),

@@ -36,6 +36,7 @@ class ForgeConfig:
     tolerance: float | None = None
     boot_timeout_s: float = 900.0
     update_baselines: bool = False
+    kv_sample_interval_s: float = 0.0
     bench_json: Path | None = None
     report_dir: Path | None = None
     # tune
@@ -56,6 +57,7 @@ class ForgeConfig:
             accuracy_floor=self.accuracy_floor,
             tolerance=self.tolerance,
             update_baselines=self.update_baselines,
+            kv_sample_interval_s=self.kv_sample_interval_s,
         )
 
 
