@@ -243,6 +243,7 @@ def evaluate_recipe(
     server = VllmServer(recipe, log_dir, boot_timeout_s=boot_timeout_s)
     measurements: dict[str, Measurement] = {}
     verdicts: dict[str, Verdict] = {}
+    cases: list[CaseResult] = []
     try:
         endpoint = server.start()
         for workload in workloads:
@@ -257,8 +258,9 @@ def evaluate_recipe(
             )
             measurements[workload.name] = result.measurement
             verdicts[workload.name] = result.verdict
+            cases.append(result)
     except ServerError as exc:
-        return Evaluation(measurements, verdicts, error=str(exc))
+        return Evaluation(measurements, verdicts, error=str(exc), cases=cases)
     finally:
         server.stop()
-    return Evaluation(measurements, verdicts, error=None)
+    return Evaluation(measurements, verdicts, error=None, cases=cases)

@@ -227,6 +227,7 @@ def results_document(results: list[CaseResult], hardware: str) -> dict[str, Any]
 def write_outputs(config: pytest.Config, results: list[CaseResult]) -> list[str]:
     """Files the user asked for, and the run's results.json; returns lines to print."""
     from pytest_forge.items import forge_session
+    from pytest_forge.tune_items import tune_run_dirs
 
     lines = []
     session = forge_session(config)
@@ -255,10 +256,11 @@ def write_outputs(config: pytest.Config, results: list[CaseResult]) -> list[str]
         with open(step_summary, "a", encoding="utf-8") as fh:
             fh.write(markdown_summary(results))
         lines.append("forge: summary appended to $GITHUB_STEP_SUMMARY")
-    if forge.report_dir is not None and results:
+    tune_runs = tune_run_dirs(config) if forge.tune else []
+    if forge.report_dir is not None and (results or tune_runs):
         from pytest_forge.html_report import write_html_report
 
-        path = write_html_report(forge.report_dir, results)
+        path = write_html_report(forge.report_dir, results, tune_runs)
         lines.append(f"forge: HTML report written to {path}")
     return lines
 

@@ -261,6 +261,22 @@ class TuneItem(pytest.Item):
         tune.result = result
         self.user_properties.append(("forge_status", "winner" if result.winner else "none"))
         print(result.message)
+        confirmation = result.confirmation
+        if confirmation is not None and confirmation.cases:
+            # The winner's re-measurement, per workload and against the baselines committed
+            # before the tune, is what the gate summary table shows for this run.
+            for case in confirmation.cases:
+                head = case.measurement.headline()
+                for metric in ("output_throughput", "ttft_p99_ms", "tpot_p99_ms"):
+                    if head.get(metric) is not None:
+                        self.user_properties.append(
+                            (f"{case.workload}.{metric}", f"{head[metric]:.6g}")
+                        )
+            confirmation.cases[0].notes.append(
+                f"{tune.tuner.recipe.id}: the rows above are the tune winner's confirmation "
+                "run, compared with the baselines committed before the tune"
+            )
+            forge_session(self.config).results.extend(confirmation.cases)
 
     def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style=None) -> str:
         if isinstance(excinfo.value, ForgeFailure | ForgeError):
@@ -269,6 +285,11 @@ class TuneItem(pytest.Item):
 
     def reportinfo(self) -> tuple[Path, int | None, str]:
         return self.path, 0, f"{self.parent.name}::{self.name}"
+
+
+def tune_run_dirs(config: pytest.Config) -> list[Path]:
+    """The run stores of this session's tunes, one per tuned recipe."""
+    return [tune.tuner.store.path for tune in config.stash.get(_TUNES_KEY, {}).values()]
 
 
 def tune_summary(config: pytest.Config) -> str:

@@ -27,6 +27,7 @@ from pytest_forge.tune import objective as obj
 from pytest_forge.tune.store import RunStore
 
 if TYPE_CHECKING:
+    from pytest_forge.pipeline import CaseResult
     from pytest_forge.tune.agent import Agent, HistoryEntry
     from pytest_forge.verdict import Verdict
 
@@ -71,6 +72,8 @@ class Evaluation:
     measurements: dict[str, Measurement]
     verdicts: dict[str, Verdict]
     error: str | None = None  # boot failure or death, with the vLLM log tail
+    # The gate's per-workload results, for the summary table (empty where no pipeline ran).
+    cases: list[CaseResult] = field(default_factory=list)
 
 
 @dataclass
@@ -154,6 +157,7 @@ class TuneResult:
     best_score: float | None  # best score during the tune
     message: str
     confirmed_score: float | None = None  # the winner's score on re-measurement
+    confirmation: Evaluation | None = None  # the winner's re-measurement, when it ran
 
 
 def baseline_from(
@@ -589,7 +593,7 @@ class Tuner:
             f"{winner.lineage.generation} ({changes})"
         )
         return self._complete(
-            TuneResult(winner, path, 1.0, self._best_score, message, confirmed),
+            TuneResult(winner, path, 1.0, self._best_score, message, confirmed, evaluation),
             confirmation=evaluation,
         )
 
@@ -627,7 +631,13 @@ class Tuner:
         best = self._best_score if self._reference is not None else None
         return self._complete(
             TuneResult(
-                None, None, base, best, f"{self.recipe.id}: {why}; recipes/ untouched", confirmed
+                None,
+                None,
+                base,
+                best,
+                f"{self.recipe.id}: {why}; recipes/ untouched",
+                confirmed,
+                confirmation,
             ),
             confirmation=confirmation,
             confirmation_error=confirmation_error,

@@ -19,7 +19,13 @@ def test_tune_with_the_playbook_agent_then_gate(tiny_model_dir: Path, tmp_path: 
     before = recipe_path.read_text()
     committed = Recipe.load(recipe_path)
 
-    tune = run_pytest(root, "--forge-tune", "--forge-agent=playbook", "--forge-budget=2")
+    tune = run_pytest(
+        root,
+        "--forge-tune",
+        "--forge-agent=playbook",
+        "--forge-budget=2",
+        f"--forge-report={tmp_path / 'report'}",
+    )
     assert tune.returncode == 0, tune.output[-4000:]  # a finished tune exits 0
     names = [k for k in tune.junit if "::" in k]
     assert sorted(n.split("::")[1] for n in names) == [
@@ -42,6 +48,9 @@ def test_tune_with_the_playbook_agent_then_gate(tiny_model_dir: Path, tmp_path: 
         assert r["rationale"]
     assert (run_dir / "completed.json").is_file()
     assert (run_dir / "experiments.tsv").is_file()
+    # the HTML report plots the tune's score per experiment
+    assert list((tmp_path / "report").glob("tune-1-*.png")), tune.output[-2000:]
+    assert run_dir.name in (tmp_path / "report" / "index.html").read_text()
     config = json.loads((run_dir / "config.json").read_text())
     assert config["agent"] == "playbook" and config["budget"] == 2
 
@@ -53,6 +62,11 @@ def test_tune_with_the_playbook_agent_then_gate(tiny_model_dir: Path, tmp_path: 
         assert after.lineage.rationale
         assert set(after.baselines) == {"mini-chat", "mini-accuracy"}
         assert "# Random weights answer nothing correctly" in recipe_path.read_text()
+        # the gate summary table shows the winner's confirmation run, one row per workload
+        summary = tune.output.split("pytest-forge summary", 1)[1]
+        assert "the tune winner's confirmation run" in summary
+        rows = [line.split()[1] for line in summary.splitlines() if line.startswith("tiny-")]
+        assert sorted(rows) == ["mini-accuracy", "mini-chat"], summary
         gate = run_pytest(root, "--forge-tolerance=0.5")
         assert gate.returncode == 0, gate.output[-4000:]
     else:

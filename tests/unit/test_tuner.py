@@ -540,6 +540,8 @@ def test_finalize_writes_the_confirmed_winner_into_the_recipe(
     assert len(land.calls) == calls + 1  # the confirmation run
     assert result.path == recipe_path and result.winner is not None
     assert result.confirmed_score == pytest.approx(1.4)
+    assert result.confirmation is not None  # the summary table shows the confirmation run
+    assert set(result.confirmation.measurements) == set(WORKLOADS)
     assert "written to" in result.message
 
     text = recipe_path.read_text()
