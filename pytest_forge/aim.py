@@ -25,7 +25,7 @@ from ruamel.yaml.error import YAMLError
 from ruamel.yaml.scalarstring import DoubleQuotedScalarString
 
 from pytest_forge.errors import ForgeError, RecipeError
-from pytest_forge.recipe import Recipe
+from pytest_forge.recipe import NO_QUANTIZATION_FLAG, Recipe
 
 if TYPE_CHECKING:
     from pytest_forge.vllm_args import VllmArgSpec
@@ -495,7 +495,7 @@ def _aim_args(recipe: Recipe, precision: str) -> dict[str, str]:
         args[_flag(key)] = _aim_value(value)
     if recipe.compilation:
         args["--compilation-config"] = _aim_value(recipe.compilation)
-    if recipe.quant.method.lower() not in _NO_QUANT:
+    if recipe.quant.method.lower() not in NO_QUANTIZATION_FLAG:
         args["--quantization"] = recipe.quant.method
     if recipe.quant.kv_cache_quant.lower() not in _NO_KV_QUANT:
         args["--kv-cache-dtype"] = recipe.quant.kv_cache_quant
@@ -592,7 +592,7 @@ def vllm_config_data(recipe: Recipe) -> dict[str, Any]:
             data[flag] = value
     if recipe.compilation:
         data["compilation-config"] = dict(recipe.compilation)
-    if recipe.quant.method.lower() not in _NO_QUANT:
+    if recipe.quant.method.lower() not in NO_QUANTIZATION_FLAG:
         data["quantization"] = recipe.quant.method
     if recipe.quant.kv_cache_quant.lower() not in _NO_KV_QUANT:
         data["kv-cache-dtype"] = recipe.quant.kv_cache_quant

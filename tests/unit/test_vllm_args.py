@@ -113,6 +113,32 @@ def test_dashed_name_suggests_the_snake_case_arg() -> None:
     assert "nearest valid name: 'max_num_seqs'" in exc.value.message
 
 
+def test_unknown_quant_method_names_the_field_and_the_nearest_method() -> None:
+    with pytest.raises(RecipeError) as exc:
+        validate_recipe_args(recipe("quant: {method: fp_8}\n"), load_bundled_spec())
+    assert exc.value.field == "quant.method"
+    assert "'fp_8' is not a quantization method of vLLM 0.32.0 (bundled)" in exc.value.message
+    assert "nearest valid name: 'fp8'" in exc.value.message
+
+
+def test_unknown_kv_cache_dtype_is_reported() -> None:
+    with pytest.raises(RecipeError) as exc:
+        validate_recipe_args(recipe("quant: {kv_cache_quant: fp9}\n"), load_bundled_spec())
+    assert exc.value.field == "quant.kv_cache_quant"
+    assert "'fp9' is not a --kv-cache-dtype of vLLM 0.32.0" in exc.value.message
+
+
+@pytest.mark.parametrize("method", ["fp8", "awq", "int8", "int4", "none"])
+def test_known_quant_methods_and_checkpoint_precisions_pass(method: str) -> None:
+    r = recipe(f"quant: {{method: {method}, kv_cache_quant: fp8}}\n")
+    validate_recipe_args(r, load_bundled_spec())
+    args = r.vllm_cli_args()
+    assert args[-2:] == ["--kv-cache-dtype", "fp8"]
+    # int8 / int4 name a pre-quantized checkpoint's precision: vLLM reads its scheme.
+    expect = [] if method in ("int8", "int4", "none") else ["--quantization", method]
+    assert args[:-2] == expect
+
+
 # ------------------------------------------------------------------ version lookup
 
 
@@ -183,7 +209,7 @@ def test_introspection_is_cached_on_disk_and_in_memory(
     assert (spec.source, spec.version, spec.warning) == ("installed", "9.9.0", None)
     assert spec.args == {"max_num_seqs": "int | None", "brand_new_arg": "bool"}
     assert calls(fake_python) == 1
-    cached = json.loads((cache / "vllm-args-vllm-9.9.0.json").read_text())
+    cached = json.loads((cache / "vllm-args-v2-vllm-9.9.0.json").read_text())
     assert cached["version"] == "9.9.0" and "brand_new_arg" in cached["args"]
 
     assert load_arg_spec(python=str(fake_python)) is spec  # memoized
@@ -234,5 +260,7 @@ def test_real_vllm_introspection_matches_bundled_list() -> None:
         bundled = load_bundled_spec()
         assert spec.args == bundled.args
         assert spec.compilation_fields == bundled.compilation_fields
+        assert spec.quantization_methods == bundled.quantization_methods
+    assert "fp8" in spec.quantization_methods and "awq" in spec.quantization_methods
     with pytest.raises(RecipeError, match=rf"vLLM {spec.version} \(installed\)"):
         validate_recipe_args(recipe(SEED_CONFIG), spec)
