@@ -32,11 +32,14 @@ if TYPE_CHECKING:
     from pytest_forge.tune.tuner import Evaluation
 
 
+DEFAULT_REPEATS = 3
+
+
 @dataclass(frozen=True)
 class GateOptions:
     """What the user set on the command line / ini; None means "not overridden"."""
 
-    repeats: int = 3
+    repeats: int | None = None  # overrides the workload sidecar's repeats
     accuracy_floor: float | None = None
     tolerance: float | None = None
     update_baselines: bool = False
@@ -144,7 +147,7 @@ def run_case(
 ) -> CaseResult:
     """Replay one workload on a running endpoint and judge it."""
     bench_options = BenchOptions(
-        repeats=workload.replay.repeats or options.repeats,
+        repeats=options.repeats or workload.replay.repeats or DEFAULT_REPEATS,
         metrics_interval_s=options.kv_sample_interval_s,
     )
     measurement = run_bench(

@@ -23,7 +23,13 @@ _OPTIONS: list[tuple[str, str, Any, Any, str]] = [
         "benchmark this running OpenAI-compatible server instead of booting vLLM "
         "(API key from FORGE_ENDPOINT_API_KEY)",
     ),
-    ("--forge-repeats", "forge_repeats", int, 3, "timed repeats per test (median reported)"),
+    (
+        "--forge-repeats",
+        "forge_repeats",
+        int,
+        None,
+        "timed repeats per test, median reported (default: the workload's repeats, else 3)",
+    ),
     (
         "--forge-accuracy-floor",
         "forge_accuracy_floor",
@@ -133,7 +139,7 @@ def _build_config(config: pytest.Config) -> ForgeConfig:
         workloads_dir=path("forge_workloads") or root / "workloads",
         run_root=path("forge_run_dir") or root / ".forge",
         endpoint_url=values["forge_endpoint"],
-        repeats=values["forge_repeats"] or 3,
+        repeats=values["forge_repeats"],
         accuracy_floor=values["forge_accuracy_floor"],
         tolerance=values["forge_tolerance"],
         boot_timeout_s=values["forge_boot_timeout"] or 900.0,

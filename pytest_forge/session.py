@@ -31,7 +31,7 @@ class ForgeConfig:
     workloads_dir: Path
     run_root: Path
     endpoint_url: str | None = None
-    repeats: int = 3
+    repeats: int | None = None  # None: the workload's repeats, else DEFAULT_REPEATS
     accuracy_floor: float | None = None
     tolerance: float | None = None
     boot_timeout_s: float = 900.0

@@ -137,7 +137,13 @@ def test_update_baselines_then_gate_then_raised_baseline_fails(
     assert (project.path / "recipes" / "alpha.outputs" / "short.jsonl").is_file()
 
     # the committed baseline now gates (generous tolerance: the fake is fast and noisy)
-    _run(project, fake, "-k", "alpha", "--forge-tolerance=0.9").assert_outcomes(passed=2)
+    gate = _run(project, fake, "-k", "alpha", "--forge-tolerance=0.9", "--junitxml=gate.xml")
+    gate.assert_outcomes(passed=2)
+    # --forge-repeats on the command line overrides the sidecar's `repeats: 2`
+    more = _run(project, fake, "-k", "alpha and short", "--forge-repeats=4", "--junitxml=r4.xml")
+    more.assert_outcomes(passed=1)
+    assert _props(_junit(project.path / "gate.xml")["short"])["repeats"] == "2"
+    assert _props(_junit(project.path / "r4.xml")["short"])["repeats"] == "4"
 
     data["baselines"]["short"]["output_throughput"] *= 3  # far beyond the fake's noise
     recipe_path.write_text(yaml.safe_dump(data, sort_keys=False))
