@@ -295,7 +295,11 @@ def _block_recipe(
             config[snake] = value
     precision = top["precision"]
     if quant["method"] == "none" and precision in _QUANTIZED_PRECISIONS:
-        quant["method"] = precision
+        # The checkpoint is quantized and vLLM reads its scheme (AMD's FP8 checkpoints are
+        # quark): `--quantization fp8` would not match it and vLLM would refuse to boot.
+        # int8/int4 already mean "a checkpoint of that precision, no flag"; fp8 names
+        # vLLM's online FP8, so an FP8 checkpoint is "auto" (the id keeps the precision).
+        quant["method"] = "auto" if precision == "fp8" else precision
 
     gpu_type, memory = AIM_HARDWARE[top["hardware"]]
     data = {
@@ -449,7 +453,10 @@ def _aim_names(recipe: Recipe) -> tuple[str, str, str]:
             + (f" {recipe.hardware.gpu_type}" if recipe.hardware.gpu_type else ""),
         )
     method = recipe.quant.method.lower()
-    if method in _NO_QUANT:
+    named = _RECIPE_ID_RE.match(_GPU_SUFFIX_RE.sub("", recipe.id))
+    if method == "auto" and named and named["precision"] in _QUANTIZED_PRECISIONS:
+        precision = named["precision"]  # a quantized checkpoint vLLM reads (see import)
+    elif method in _NO_QUANT:
         dtype = str(recipe.config.get("dtype", "bfloat16")).lower()
         precision = _PRECISION_OF_DTYPE.get(dtype, "bf16" if method != "fp16" else "fp16")
     else:
@@ -461,6 +468,12 @@ def _aim_names(recipe: Recipe) -> tuple[str, str, str]:
                 f"'{recipe.quant.method}' has no AIM precision ({', '.join(AIM_PRECISIONS)})",
             )
     recipe_id = _GPU_SUFFIX_RE.sub("", recipe.id)
+    bad_id = _check_recipe_id(recipe_id, hardware, precision)
+    if bad_id:
+        # The guide's naming rule, as on import: an AIM file we would not read back is no use.
+        raise RecipeError(
+            recipe.path, "id", f"{bad_id}; rename the recipe to export it as an AIM recipe"
+        )
     return recipe_id, hardware, precision
 
 

@@ -5,9 +5,13 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pytest_forge import __version__
 from pytest_forge.errors import ForgeError
+
+if TYPE_CHECKING:
+    from pytest_forge.recipe import Recipe
 
 
 def _cmd_tiny_model(args: argparse.Namespace) -> int:
@@ -28,6 +32,32 @@ def _iter_files(paths: list[str]) -> list[Path]:
     return files
 
 
+def _check_recipe_plan(recipe: Recipe, workloads_dir: Path) -> None:
+    """What pytest would refuse at run time: missing workloads, quantization the recipe's
+    own hardware cannot run (seeds/001's table)."""
+    from pytest_forge.errors import RecipeError
+    from pytest_forge.hardware import quant_unsupported_reason
+    from pytest_forge.workload import discover_workloads
+
+    if recipe.workloads and workloads_dir.is_dir():
+        missing = sorted(set(recipe.workloads) - set(discover_workloads(workloads_dir)))
+        if missing:
+            raise RecipeError(
+                recipe.path, "workloads", f"{', '.join(missing)}: not in {workloads_dir}"
+            )
+    hw = recipe.hardware
+    gpu = "cpu" if hw.vendor == "cpu" else hw.gpu_type
+    if gpu is None:
+        return
+    for key in ("method", "kv_cache_quant"):
+        value = getattr(recipe.quant, key)
+        if key == "kv_cache_quant" and not value.lower().startswith("fp8"):
+            continue  # only FP8 KV caches are gated
+        why = quant_unsupported_reason(gpu, None, value)
+        if why:
+            raise RecipeError(recipe.path, f"quant.{key}", f"not on {gpu}: {why}")
+
+
 def _cmd_validate(args: argparse.Namespace) -> int:
     """Every recipe and workload check, without booting anything; non-zero on any problem."""
     from pytest_forge.recipe import Recipe
@@ -35,6 +65,7 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     from pytest_forge.workload import load_workload
 
     paths = args.paths or ["recipes", "workloads"]
+    workloads_dir = Path(args.workloads)
     spec = None
     problems = 0
     checked = 0
@@ -48,8 +79,12 @@ def _cmd_validate(args: argparse.Namespace) -> int:
                 print(f"ok    {path} ({len(workload.requests)} requests)")
             else:
                 recipe = Recipe.load(path)
-                spec = spec or load_arg_spec()
+                if spec is None:
+                    spec = load_arg_spec()
+                    if spec.warning:
+                        print(f"warn  {spec.warning}")
                 validate_recipe_args(recipe, spec)
+                _check_recipe_plan(recipe, workloads_dir)
                 print(f"ok    {path} (vLLM {spec.version}, {spec.source} args)")
         except ForgeError as exc:
             problems += 1
@@ -91,6 +126,11 @@ def build_parser() -> argparse.ArgumentParser:
         "validate", help="check recipes and workloads (default: recipes/ workloads/)"
     )
     p.add_argument("paths", nargs="*")
+    p.add_argument(
+        "--workloads",
+        default="workloads",
+        help="where recipes' `workloads:` names must exist (default: workloads)",
+    )
     p.set_defaults(func=_cmd_validate)
 
     p = sub.add_parser("report", help="print a tune run's experiment table")

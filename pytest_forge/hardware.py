@@ -37,7 +37,14 @@ NVIDIA_QUERY = [
     "--query-gpu=name,memory.total,driver_version,compute_cap",
     "--format=csv,noheader,nounits",
 ]
-ROCM_QUERY = ["rocm-smi", "--showproductname", "--showmeminfo", "vram", "--json"]
+ROCM_QUERY = [
+    "rocm-smi",
+    "--showproductname",
+    "--showmeminfo",
+    "vram",
+    "--showdriverversion",
+    "--json",
+]
 
 # rocm-smi reports the product name, not always the GFX target; the targets that matter
 # for the quant gates (seeds/001: MI300X is CDNA3 = gfx942).
@@ -349,6 +356,39 @@ _QUANT_FAMILIES: dict[str, QuantFamily] = {
 _NO_QUANT = ("none", "auto", "", "bf16", "bfloat16", "fp16", "float16")
 
 
+def _quant_family(key: str) -> QuantFamily | None:
+    """The table's family of a method name; vLLM's variants (fp8_per_tensor, gptq_marlin,
+    int8_per_channel_weight_only, ...) belong to the family their name says."""
+    if key in _QUANT_FAMILIES:
+        return _QUANT_FAMILIES[key]
+    if "fp8" in key:
+        return "fp8"
+    if "int8" in key or "w8a8" in key:
+        return "int8"
+    if "awq" in key or "gptq" in key or "int4" in key:
+        return "int4_awq"
+    return None
+
+
+def comparable_hardware(description: str) -> str:
+    """What must match for two measurements to be compared: a ``describe()`` string
+    without the GPU driver version and the number of GPUs the host shows (a driver update
+    or a bigger runner of the same GPU type does not make a baseline meaningless)."""
+    if description.startswith("cpu:"):
+        return description  # cores and ISA are the hardware on a CPU
+    groups = set()
+    for group in description.split("; "):
+        match = re.match(r"^(?P<name>.*?) x\d+(?: \((?P<details>.*)\))?$", group)
+        if match is None:
+            groups.add(group)
+            continue
+        details = [
+            d for d in (match["details"] or "").split(", ") if d and not d.startswith("driver ")
+        ]
+        groups.add(match["name"] + (f" ({', '.join(details)})" if details else ""))
+    return "; ".join(sorted(groups))
+
+
 def _sm(cc: str | float | None) -> float | None:
     try:
         return float(cc) if cc is not None else None
@@ -368,9 +408,11 @@ def quant_unsupported_reason(
     key = str(method or "").strip().lower()
     if key in _NO_QUANT:
         return None
-    family = _QUANT_FAMILIES.get(key)
+    family = _quant_family(key)
     if family is None:
-        return f"unknown quantization method {method!r} (known: {', '.join(_QUANT_FAMILIES)})"
+        # Not a family the table covers (e.g. compressed-tensors, gguf): not gated here;
+        # the name itself is checked against the installed vLLM's methods.
+        return None
 
     if isinstance(host_or_gpu_name, HostHardware):
         host = host_or_gpu_name

@@ -36,6 +36,7 @@ if TYPE_CHECKING:
     from matplotlib.text import Annotation
 
     from pytest_forge.pipeline import CaseResult
+    from pytest_forge.session import Unmeasured
 
 INDEX = "index.html"
 THROUGHPUT_PNG = "throughput.png"
@@ -644,8 +645,25 @@ def _tune_section(
     return "\n".join(parts)
 
 
+def _unmeasured_html(unmeasured: Sequence[Unmeasured]) -> str:
+    from pytest_forge.report import unmeasured_reason
+
+    if not unmeasured:
+        return ""
+    rows = ["<tr><th>test</th><th>outcome</th><th>reason</th></tr>"]
+    rows += [
+        f"<tr><td>{_esc(u.test)}</td><td>{_esc(u.outcome.upper())}</td>"
+        f"<td>{_esc(unmeasured_reason(u, 600))}</td></tr>"
+        for u in unmeasured
+    ]
+    return "<h2>Not measured</h2>\n<table>\n" + "\n".join(rows) + "\n</table>"
+
+
 def write_html_report(
-    report_dir: Path, results: list[CaseResult], tune_runs: list[Path] | None = None
+    report_dir: Path,
+    results: list[CaseResult],
+    tune_runs: list[Path] | None = None,
+    unmeasured: Sequence[Unmeasured] = (),
 ) -> Path:
     """Write ``index.html`` and its PNGs into ``report_dir``; return the index path."""
     _require_matplotlib()  # fail before anything is written
@@ -675,6 +693,7 @@ def write_html_report(
         body.append(_figure(PARETO_PNG, "Throughput vs p99 latency (Pareto front)"))
     else:
         body.append("<p>No benchmark results in this session.</p>")
+    body.append(_unmeasured_html(unmeasured))
     for number, (name, records) in enumerate(runs, start=1):
         body.append(_tune_section(report_dir, number, name, records))
     page = (

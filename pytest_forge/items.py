@@ -13,7 +13,11 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from pytest_forge.errors import ForgeError, RecipeError
-from pytest_forge.hardware import match_recipe_hardware
+from pytest_forge.hardware import (
+    comparable_hardware,
+    match_recipe_hardware,
+    quant_unsupported_reason,
+)
 from pytest_forge.recipe import Recipe
 from pytest_forge.workload import Workload, discover_workloads, load_workload
 
@@ -82,6 +86,14 @@ class RecipeFile(pytest.File):
         reason = match_recipe_hardware(self.recipe.hardware, session.hardware)
         if reason:
             return f"recipe {self.recipe.id} needs other hardware: {reason}"
+        for key in ("method", "kv_cache_quant"):
+            value = getattr(self.recipe.quant, key)
+            # Only FP8 KV caches are gated; other KV dtypes store in the model's precision.
+            if key == "kv_cache_quant" and not value.lower().startswith("fp8"):
+                continue
+            why = quant_unsupported_reason(session.hardware, None, value)
+            if why:
+                return f"recipe {self.recipe.id}: quant.{key} {value} on this runner: {why}"
         return None
 
     def teardown(self) -> None:
@@ -145,20 +157,23 @@ class GateItem(pytest.Item):
         self._skip_if_baseline_from_other_hardware(session, recipe)
         progress = report.progress_printer(self.config, self.nodeid)
         boots = session.boots
-        if session.config.endpoint_url is None:
-            progress.phase("booting" if str(self.path) not in session.live_servers else "ready")
-        endpoint, server = session.endpoint_for(recipe)
-        self.booted = session.boots > boots
-        result = run_case(
-            recipe,
-            workload,
-            endpoint,
-            session.config.gate_options(),
-            vllm_version=session.vllm_version,
-            health_check=server.check_alive if server is not None else None,
-            on_progress=progress.update,
-        )
-        progress.done()
+        try:
+            if session.config.endpoint_url is None:
+                booted = str(self.path) in session.live_servers
+                progress.phase("ready" if booted else "booting")
+            endpoint, server = session.endpoint_for(recipe)
+            self.booted = session.boots > boots
+            result = run_case(
+                recipe,
+                workload,
+                endpoint,
+                session.config.gate_options(),
+                vllm_version=session.vllm_version,
+                health_check=server.check_alive if server is not None else None,
+                on_progress=progress.update,
+            )
+        finally:
+            progress.done()  # also when the boot or the run fails: no stale status line
         self.result = result
         session.results.append(result)
         report.record_item(self, result)
@@ -175,11 +190,13 @@ class GateItem(pytest.Item):
         if baseline is None or session.config.update_baselines or session.config.endpoint_url:
             return
         here = session.hardware.describe()
-        if baseline.measured_with.hardware != here:
+        then = baseline.measured_with.hardware
+        if comparable_hardware(then) != comparable_hardware(here):
             pytest.skip(
-                f"the {self.name} baseline of {recipe.id} was measured on "
-                f"'{baseline.measured_with.hardware}', this runner is '{here}'; "
-                "record one here with --forge-update-baselines"
+                f"the {self.name} baseline of {recipe.id} was measured on '{then}' with "
+                f"vLLM {baseline.measured_with.vllm}, this runner is '{here}' with vLLM "
+                f"{session.vllm_version or 'unknown'}; record one here with "
+                "--forge-update-baselines"
             )
 
     def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style=None) -> str:

@@ -7,7 +7,7 @@ against a running endpoint) and :func:`evaluate_recipe` (boot once, every worklo
 from __future__ import annotations
 
 import datetime as _dt
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -234,6 +234,7 @@ def evaluate_recipe(
     vllm_version: str | None,
     boot_timeout_s: float,
     progress: Callable[[str], Callable[[Progress], None] | None] | None = None,
+    extra_env: Mapping[str, str] | None = None,
 ) -> Evaluation:
     """Boot ``recipe`` once, run every workload through :func:`run_case`, stop the server.
 
@@ -243,7 +244,7 @@ def evaluate_recipe(
     from pytest_forge.server import VllmServer
     from pytest_forge.tune.tuner import Evaluation
 
-    server = VllmServer(recipe, log_dir, boot_timeout_s=boot_timeout_s)
+    server = VllmServer(recipe, log_dir, boot_timeout_s=boot_timeout_s, extra_env=extra_env)
     measurements: dict[str, Measurement] = {}
     verdicts: dict[str, Verdict] = {}
     cases: list[CaseResult] = []

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from pytest_forge.items import SESSION_KEY, RecipeFile, forge_session
-from pytest_forge.session import ForgeConfig, ForgeSession
+from pytest_forge.items import SESSION_KEY, ErrorItem, GateItem, RecipeFile, forge_session
+from pytest_forge.session import ForgeConfig, ForgeSession, Unmeasured
 
 # (option, ini key, type, default, help). Every option is also an ini key.
 _OPTIONS: list[tuple[str, str, Any, Any, str]] = [
@@ -163,15 +164,22 @@ def _build_config(config: pytest.Config) -> ForgeConfig:
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    config.stash[SESSION_KEY] = ForgeSession(_build_config(config))
+    forge = _build_config(config)
+    if forge.report_dir is not None and importlib.util.find_spec("matplotlib") is None:
+        # Say so now, not in the summary at the end of a long run.
+        raise pytest.UsageError(
+            "--forge-report needs matplotlib: pip install 'pytest-forge[report]'"
+        )
+    config.stash[SESSION_KEY] = ForgeSession(forge)
     # pytest-xdist: keep a recipe's tests on one worker so its server boots once, and
     # let the controller gather the workers' results for the summary.
     dist = getattr(config.option, "dist", "no")
     if dist == "load":
         config.option.dist = "loadfile"
-    if dist != "no" and not hasattr(config, "workerinput"):
+    if not hasattr(config, "workerinput"):
         config.pluginmanager.register(
-            _XdistResults(config.stash[SESSION_KEY]), "forge-xdist-results"
+            _GateReports(config.stash[SESSION_KEY], from_workers=dist != "no"),
+            "forge-gate-reports",
         )
 
 
@@ -190,6 +198,12 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
     lines = [f"forge: recipes {forge.recipes_dir}, workloads {forge.workloads_dir}"]
     if forge.endpoint_url:
         lines.append(f"forge: benchmarking the running server at {forge.endpoint_url}")
+    else:
+        # What every baseline is compared against: the versions "now".
+        lines.append(
+            f"forge: vLLM {session.vllm_version or 'not installed'} on "
+            f"{session.hardware.describe()}"
+        )
     if forge.tune:
         from pytest_forge.tune_items import tune_header
 
@@ -208,6 +222,8 @@ def pytest_report_teststatus(report: pytest.TestReport, config: pytest.Config) -
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
     outcome = yield
     report = outcome.get_result()
+    if isinstance(item, GateItem | ErrorItem):
+        report.forge_gate = True
     if call.when == "call":
         status = getattr(item, "forge_status", None)
         if status is not None:
@@ -218,20 +234,32 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
             report.forge_case = case
 
 
-class _XdistResults:
-    """On the pytest-xdist controller: gathers the results the workers' reports carry."""
+class _GateReports:
+    """Where the reports arrive (in-process, or on the pytest-xdist controller): notes the
+    gate tests that measured nothing, and under xdist gathers the workers' results."""
 
-    def __init__(self, session: ForgeSession) -> None:
+    def __init__(self, session: ForgeSession, from_workers: bool) -> None:
         self.session = session
+        self.from_workers = from_workers
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
-        case = getattr(report, "forge_case", None)
-        if case is None:
+        if not getattr(report, "forge_gate", False):
             return
-        from pytest_forge.pipeline import case_from_dict
+        case = getattr(report, "forge_case", None)
+        if case is not None:
+            if self.from_workers:
+                from pytest_forge.pipeline import case_from_dict
 
-        self.session.results.append(case_from_dict(case))
-        self.session.boots += bool(case.get("booted"))
+                self.session.results.append(case_from_dict(case))
+                self.session.boots += bool(case.get("booted"))
+            return
+        if report.when == "teardown" or not (report.failed or report.skipped):
+            return
+        if report.skipped and isinstance(report.longrepr, tuple):
+            reason = str(report.longrepr[2]).removeprefix("Skipped: ")
+        else:
+            reason = report.longreprtext.strip()
+        self.session.unmeasured.append(Unmeasured(report.nodeid, report.outcome, reason))
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
@@ -245,6 +273,8 @@ def pytest_terminal_summary(
 ) -> None:
     from pytest_forge import report
 
+    if hasattr(config, "workerinput"):
+        return  # a pytest-xdist worker: the controller reports the merged results
     session = forge_session(config)
     if session.config.tune:
         from pytest_forge.tune_items import tune_summary

@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -17,6 +19,7 @@ import pytest
 if TYPE_CHECKING:
     from pytest_forge.bench import Progress
     from pytest_forge.pipeline import CaseResult
+    from pytest_forge.session import Unmeasured
 
 # Metrics every gate testcase carries as JUnit properties (and in pytest-benchmark extra_info).
 JUNIT_METRICS = (
@@ -156,13 +159,29 @@ def versions_line(results: list[CaseResult]) -> str:
     return f"vLLM {now}"
 
 
-def markdown_summary(results: list[CaseResult]) -> str:
-    rows = summary_rows(results)
-    out = ["### pytest-forge", "", versions_line(results), ""]
-    out.append("| " + " | ".join(SUMMARY_HEADER) + " |")
-    out.append("|" + "---|" * len(SUMMARY_HEADER))
-    for row in rows:
-        out.append("| " + " | ".join(row) + " |")
+def unmeasured_reason(entry: Unmeasured, width: int = 300) -> str:
+    """The first lines of why a test measured nothing, on one line."""
+    text = " ".join(line.strip() for line in entry.reason.splitlines()[:4] if line.strip())
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
+def markdown_summary(
+    results: list[CaseResult], unmeasured: Sequence[Unmeasured] = (), vllm_now: str | None = None
+) -> str:
+    out = ["### pytest-forge", ""]
+    if results:
+        out += [versions_line(results), ""]
+        out.append("| " + " | ".join(SUMMARY_HEADER) + " |")
+        out.append("|" + "---|" * len(SUMMARY_HEADER))
+        for row in summary_rows(results):
+            out.append("| " + " | ".join(row) + " |")
+    else:
+        out.append(f"vLLM {vllm_now or 'unknown'}: no test measured anything.")
+    if unmeasured:
+        out += ["", "Not measured:", "", "| test | outcome | reason |", "|---|---|---|"]
+        for u in unmeasured:
+            reason = unmeasured_reason(u).replace("|", "\\|")
+            out.append(f"| `{u.test}` | {u.outcome.upper()} | {reason} |")
     failures = [r for r in results if not r.verdict.passed]
     if failures:
         out += ["", "<details><summary>Failures</summary>", "", "```"]
@@ -200,14 +219,21 @@ def github_benchmark_entries(results: list[CaseResult]) -> list[dict[str, Any]]:
     return entries
 
 
-def results_document(results: list[CaseResult], hardware: str) -> dict[str, Any]:
+def results_document(
+    results: list[CaseResult],
+    hardware: str,
+    unmeasured: Sequence[Unmeasured] = (),
+    vllm_now: str | None = None,
+) -> dict[str, Any]:
     """The gate run's results.json, which ``forge compare RUN_A RUN_B`` reads."""
     from pytest_forge import __version__
 
     return {
         "pytest_forge": __version__,
-        "vllm_version": next((r.verdict.vllm_now for r in results if r.verdict.vllm_now), None),
+        "vllm_version": next((r.verdict.vllm_now for r in results if r.verdict.vllm_now), None)
+        or vllm_now,
         "hardware": hardware,
+        "not_measured": [asdict(u) for u in unmeasured],
         "results": [
             {
                 "recipe": r.recipe_id,
@@ -232,12 +258,16 @@ def write_outputs(config: pytest.Config, results: list[CaseResult]) -> list[str]
     lines = []
     session = forge_session(config)
     forge = session.config
-    if results:
+    unmeasured = session.unmeasured
+    ran = bool(results or unmeasured)
+    if ran:
         path = session.run_dir / "results.json"
-        doc = results_document(results, session.hardware.describe())
+        doc = results_document(
+            results, session.hardware.describe(), unmeasured, session.vllm_version
+        )
         write_text_atomic(path, json.dumps(doc, indent=2))
         lines.append(f"forge: results in {path} (compare runs with `forge compare A B`)")
-    if forge.bench_json is not None and results:
+    if forge.bench_json is not None and ran:
         # github-action-benchmark splits series into "customBiggerIsBetter" /
         # "customSmallerIsBetter" tools; we write both files when both kinds exist.
         entries = github_benchmark_entries(results)
@@ -252,15 +282,15 @@ def write_outputs(config: pytest.Config, results: list[CaseResult]) -> list[str]
         smaller_path.write_text(json.dumps(smaller, indent=2))
         lines.append(f"forge: smaller-is-better benchmark JSON written to {smaller_path}")
     step_summary = os.environ.get("GITHUB_STEP_SUMMARY")
-    if step_summary and results:
+    if step_summary and ran:
         with open(step_summary, "a", encoding="utf-8") as fh:
-            fh.write(markdown_summary(results))
+            fh.write(markdown_summary(results, unmeasured, session.vllm_version))
         lines.append("forge: summary appended to $GITHUB_STEP_SUMMARY")
     tune_runs = tune_run_dirs(config) if forge.tune else []
-    if forge.report_dir is not None and (results or tune_runs):
+    if forge.report_dir is not None and (ran or tune_runs):
         from pytest_forge.html_report import write_html_report
 
-        path = write_html_report(forge.report_dir, results, tune_runs)
+        path = write_html_report(forge.report_dir, results, tune_runs, unmeasured)
         lines.append(f"forge: HTML report written to {path}")
     return lines
 
@@ -272,16 +302,24 @@ class ProgressPrinter:
     """A live status line on a terminal; plain, rate-limited lines in CI logs; or nothing."""
 
     def __init__(
-        self, stream: Any, label: str, live: bool, enabled: bool, capman: Any = None
+        self,
+        stream: Any,
+        label: str,
+        live: bool,
+        enabled: bool,
+        capman: Any = None,
+        reporter: Any = None,
     ) -> None:
         self.stream = stream
         self.capman = capman
+        self.reporter = reporter
         self.label = label
         self.live = live
         self.enabled = enabled
         self._last = 0.0
         self._last_phase = ""
         self._start = time.monotonic()
+        self._shown = False
 
     def _write(self, text: str, force: bool = False) -> None:
         if not self.enabled:
@@ -298,7 +336,12 @@ class ProgressPrinter:
         stream = self.stream or sys.stderr
         now = time.monotonic()
         if self.live:
-            stream.write("\r\x1b[2K" + text[:200])
+            if not self._shown and self.reporter is not None:
+                # A line of its own: never erase the "recipes/x.yaml .." pytest is writing.
+                self.reporter.ensure_newline()
+            self._shown = True
+            width = shutil.get_terminal_size().columns - 1  # one row: no stale wrapped rows
+            stream.write("\r\x1b[2K" + text[:width])
             stream.flush()
         elif force or now - self._last >= 30:
             # CI logs: one line per phase change, and at most one every 30 s otherwise.
@@ -318,8 +361,12 @@ class ProgressPrinter:
         self._last_phase = phase
 
     def done(self) -> None:
-        if self.enabled and self.live:
+        if self.enabled and self.live and self._shown:
             self._write("")
+            self._shown = False
+            if self.reporter is not None:
+                # The status line took pytest's line: make it write the file name again.
+                self.reporter.currentfspath = None
 
 
 def progress_printer(config: pytest.Config, label: str) -> ProgressPrinter:
@@ -328,8 +375,10 @@ def progress_printer(config: pytest.Config, label: str) -> ProgressPrinter:
     is_ci = bool(os.environ.get("CI"))
     live = sys.__stderr__ is not None and sys.__stderr__.isatty() and not is_ci
     enabled = reporter is not None and not quiet and (live or is_ci or config.get_verbosity() > 0)
+    if hasattr(config, "workerinput"):
+        enabled = False  # pytest-xdist workers share one terminal: status lines would clash
     capman = config.pluginmanager.get_plugin("capturemanager")
-    return ProgressPrinter(None, label, live, enabled, capman)
+    return ProgressPrinter(None, label, live, enabled, capman, reporter)
 
 
 def write_text_atomic(path: Path, text: str) -> None:

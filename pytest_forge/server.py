@@ -287,6 +287,11 @@ def _install_hooks() -> None:
 # -- the server --------------------------------------------------------------------------
 
 
+AGENT_KEY_VARS = frozenset(
+    {"ANTHROPIC_API_KEY", "OPENAI_API_KEY", "OPENROUTER_API_KEY", "FORGE_ENDPOINT_API_KEY"}
+)
+
+
 class VllmServer:
     """One vLLM OpenAI-compatible server for one recipe, on 127.0.0.1 and a free port."""
 
@@ -355,7 +360,9 @@ class VllmServer:
         return [*module, "--model", model, *serve_args]
 
     def build_env(self) -> dict[str, str]:
-        env = dict(os.environ)
+        # vLLM gets this process's environment minus the tuner's LLM keys: it never needs
+        # them, and a server log or crash dump must not be able to carry them.
+        env = {k: v for k, v in os.environ.items() if k not in AGENT_KEY_VARS}
         env.update({k: str(v) for k, v in self.recipe.server_env().items()})
         env.update({k: str(v) for k, v in self.extra_env.items()})
         # Dev mode exposes /reset_prefix_cache, which the bench uses between repeats.

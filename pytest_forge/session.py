@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -68,10 +69,22 @@ class _RecipeServer:
     error: ServerError | None = None
 
 
+@dataclass(frozen=True)
+class Unmeasured:
+    """A gate test that produced no measurement: it failed before one, or was skipped."""
+
+    test: str  # the pytest node id
+    outcome: str  # "failed" or "skipped"
+    reason: str
+
+
 @dataclass
 class ForgeSession:
     config: ForgeConfig
     results: list[CaseResult] = field(default_factory=list)
+    # So the step summary, results.json and the HTML report also say what was not measured
+    # (a vLLM upgrade that breaks every boot must not produce an empty report).
+    unmeasured: list[Unmeasured] = field(default_factory=list)
     _servers: dict[str, _RecipeServer] = field(default_factory=dict)
     _arg_spec: VllmArgSpec | None = None
     _hardware: HostHardware | None = None
@@ -84,6 +97,9 @@ class ForgeSession:
     def arg_spec(self) -> VllmArgSpec:
         if self._arg_spec is None:
             self._arg_spec = load_arg_spec()
+            if self._arg_spec.warning:
+                # Validation then uses the bundled 0.32 list: say so in pytest's summary.
+                warnings.warn(self._arg_spec.warning, UserWarning, stacklevel=2)
         return self._arg_spec
 
     @property
@@ -154,11 +170,14 @@ class ForgeSession:
         return {k for k, slot in self._servers.items() if slot.endpoint is not None}
 
     def device_env(self, recipe: Recipe) -> dict[str, str]:
-        """Under pytest-xdist, worker i gets its own GPUs: the i-th block of count devices."""
+        """Under pytest-xdist, worker i owns the i-th equal share of the visible GPUs and
+        runs each recipe on the first ``hardware.count`` GPUs of its share. Shares are
+        fixed per worker (not sized by each recipe), so two workers never overlap."""
         worker = os.environ.get("PYTEST_XDIST_WORKER", "")
         if not worker.startswith("gw") or recipe.hardware.vendor == "cpu":
             return {}
         index = int(worker[2:])
+        workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT") or index + 1)
         var = (
             "CUDA_VISIBLE_DEVICES" if recipe.hardware.vendor == "nvidia" else "HIP_VISIBLE_DEVICES"
         )
@@ -168,15 +187,15 @@ class ForgeSession:
             if visible
             else [str(i) for i in range(self.hardware.count)]
         )
+        share = len(devices) // max(workers, 1)
         count = recipe.hardware.count
-        mine = devices[index * count : (index + 1) * count]
-        if len(mine) < count:
+        if count > share:
             raise ForgeError(
                 f"pytest-xdist worker {worker} needs {count} {recipe.hardware.vendor} GPU(s) "
-                f"for recipe {recipe.id}, but only {len(devices)} are visible for "
-                f"{os.environ.get('PYTEST_XDIST_WORKER_COUNT', '?')} workers"
+                f"for recipe {recipe.id}, but {len(devices)} visible GPU(s) over {workers} "
+                f"workers give each {share}: run fewer workers (-n {len(devices) // count})"
             )
-        return {var: ",".join(mine)}
+        return {var: ",".join(devices[index * share : index * share + count])}
 
     def stop_server(self, recipe_key: str) -> None:
         slot = self._servers.get(recipe_key)

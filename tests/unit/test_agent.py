@@ -27,6 +27,7 @@ from pytest_forge.tune.agent import (
     default_agent_spec,
     make_agent,
     parse_answer,
+    public_agent_spec,
     validate_proposal,
 )
 from pytest_forge.tune.playbook import ParamSpec, Playbook, SearchSpace, load_playbook
@@ -152,10 +153,15 @@ def test_fp8_gate_refuses_t4_and_allows_h100() -> None:
 
 
 def test_tensor_parallel_cannot_exceed_the_gpus() -> None:
-    ctx = gpu_ctx(H100_HOST, "H100")  # two GPUs
+    two = Recipe.from_yaml_text(GPU_RECIPE.replace("count: 1", "count: 2"))
+    ctx = ProposalContext(two, H100_HOST, "H100", GATE_SPACE, [], "output_throughput", set())
     assert validate_proposal(ctx, Proposal("x", {"config.tensor_parallel_size": 2})) is None
     refusal = validate_proposal(ctx, Proposal("x", {"config.tensor_parallel_size": 4}))
     assert refusal is not None and "2 GPU(s)" in refusal
+    # A 1-GPU recipe stays on 1 GPU on a 2-GPU host: its winner must run where it says.
+    one = gpu_ctx(H100_HOST, "H100")
+    refusal = validate_proposal(one, Proposal("x", {"config.tensor_parallel_size": 2}))
+    assert refusal is not None and "1 GPU(s) of the recipe's hardware" in refusal
 
 
 def test_duplicates_no_ops_and_known_crashes_are_refused() -> None:
@@ -259,6 +265,17 @@ def test_openai_agent_sends_prompt_and_counts_usage() -> None:
     assert "What to try first" in body["messages"][0]["content"]
     assert agent.usage.calls == 1
     assert (agent.usage.input_tokens, agent.usage.output_tokens) == (1200, 30)
+    # No `usage.cost` in the answer: the spend cap cannot see this agent, and it says so.
+    assert agent.cost_note and "--forge-max-dollars cannot stop" in agent.cost_note
+
+
+def test_openai_compatible_agent_counts_a_reported_cost() -> None:
+    answer = _chat(GOOD, 1200, 30)
+    answer["usage"]["cost"] = 0.0123  # as OpenRouter reports it
+    agent = openai_agent(Script(httpx.Response(200, json=answer)))
+    agent.propose(cpu_ctx())
+    assert agent.usage.cost_usd == pytest.approx(0.0123)
+    assert agent.cost_note is None
 
 
 def test_refused_answer_is_reasked_with_the_reason() -> None:
@@ -657,6 +674,12 @@ def test_playbook_agent_avoids_crashes_and_reports_exhaustion() -> None:
 
 
 # ------------------------------------------------------------------ factory
+
+
+def test_public_agent_spec_drops_credentials_from_a_base_url() -> None:
+    spec = f"https://user:{SECRET}@llm.example/v1#m"
+    assert public_agent_spec(spec) == "https://llm.example/v1#m"
+    assert public_agent_spec("anthropic/claude-sonnet-4-6") == "anthropic/claude-sonnet-4-6"
 
 
 def test_default_agent_spec() -> None:

@@ -134,7 +134,7 @@ def test_no_enabled_block_is_an_error(spec: VllmArgSpec, tmp_path: Path) -> None
 @pytest.mark.parametrize(
     ("precision", "extra", "method"),
     [
-        ("fp8", {}, "fp8"),
+        ("fp8", {}, "auto"),  # an FP8 checkpoint: vLLM reads its scheme (quark on AMD)
         ("int4", {}, "int4"),
         ("fp8", {"--quantization": "ptpc_fp8"}, "ptpc_fp8"),
         ("fp16", {}, "none"),
@@ -149,6 +149,10 @@ def test_precision_becomes_quant_method_unless_quantization_given(
     (recipe,) = import_aim(path, spec)
     assert recipe.quant.method == method
     assert "quantization" not in recipe.config
+    # No --quantization unless the AIM args had one; the precision survives export.
+    assert ("--quantization" in recipe.vllm_cli_args()) == ("--quantization" in extra)
+    if precision != "fp16":  # (the block's --dtype says bfloat16: export follows the args)
+        assert yaml.safe_load(export_recipe(recipe, "aim"))["precision"] == precision
 
 
 def test_json_and_special_args_map_to_sections(spec: VllmArgSpec, tmp_path: Path) -> None:
@@ -472,3 +476,11 @@ def test_cli_export(tmp_path: Path, capsys) -> None:
 
     assert forge_main(["export", str(src), str(src), "--format", "vllm-cmd"]) == 1
     assert "one recipe at a time" in capsys.readouterr().err
+
+
+def test_export_refuses_an_id_the_aim_naming_rule_rejects() -> None:
+    recipe = _rich_recipe().model_copy(update={"id": "llama-tuned"})
+    with pytest.raises(RecipeError) as info:
+        export_recipe(recipe, "aim")
+    assert info.value.field == "id"
+    assert "{model-name}-{hardware}-{precision}" in str(info.value)

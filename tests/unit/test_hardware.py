@@ -11,10 +11,12 @@ from types import SimpleNamespace
 import pytest
 
 from pytest_forge import hardware
+from pytest_forge.errors import ForgeError
 from pytest_forge.hardware import (
     GpuInfo,
     HostHardware,
     backend_name,
+    comparable_hardware,
     detect_hardware,
     match_recipe_hardware,
     quant_supported,
@@ -24,7 +26,7 @@ from pytest_forge.hardware import (
 NVIDIA_ARGS = (
     "--query-gpu=name,memory.total,driver_version,compute_cap --format=csv,noheader,nounits"
 )
-ROCM_ARGS = "--showproductname --showmeminfo vram --json"
+ROCM_ARGS = "--showproductname --showmeminfo vram --showdriverversion --json"
 H100 = "NVIDIA H100 80GB HBM3, 81559, 550.54.15, 9.0"
 A100 = "NVIDIA A100-SXM4-40GB, 40960, 535.104.05, 8.0"
 MI300X_CARD = {
@@ -229,6 +231,46 @@ def test_quant_gates_from_host_and_cpu() -> None:
         reason = quant_unsupported_reason(CPU_HOST, None, method)
         assert reason is not None and "needs a GPU" in reason
         assert not quant_supported("cpu", None, method)
-    assert "unknown quantization method" in (
-        quant_unsupported_reason(H100_HOST, None, "gguf9") or ""
+    # Methods outside the table's families are not gated (vLLM checks the name).
+    assert quant_unsupported_reason(H100_HOST, None, "compressed-tensors") is None
+    # vLLM's variants are gated by the family their name says.
+    assert "SM >= 9" in (quant_unsupported_reason(a100, None, "fp8_per_tensor") or "")
+    assert quant_supported(a100, None, "gptq_marlin")
+    assert not quant_supported(CPU_HOST, None, "int8_per_channel_weight_only")
+
+
+def test_comparable_hardware_ignores_driver_and_gpu_count() -> None:
+    a = "NVIDIA H100 80GB HBM3 x8 (driver 550.54, sm 9.0)"
+    b = "NVIDIA H100 80GB HBM3 x1 (driver 560.28, sm 9.0)"
+    assert comparable_hardware(a) == comparable_hardware(b) == "NVIDIA H100 80GB HBM3 (sm 9.0)"
+    assert comparable_hardware(a) != comparable_hardware("NVIDIA A100 x8 (driver 550.54, sm 8.0)")
+    cpu = "cpu: AMD EPYC (2 cores, avx512_bf16)"
+    assert comparable_hardware(cpu) == cpu
+    assert comparable_hardware(cpu) != comparable_hardware("cpu: AMD EPYC (2 cores, avx2)")
+
+
+# -- pytest-xdist: one GPU share per worker ---------------------------------------------
+
+
+def _device_env(monkeypatch: pytest.MonkeyPatch, worker: str, workers: int, count: int):
+    from pytest_forge.recipe import Recipe
+    from pytest_forge.session import ForgeConfig, ForgeSession
+
+    monkeypatch.setenv("PYTEST_XDIST_WORKER", worker)
+    monkeypatch.setenv("PYTEST_XDIST_WORKER_COUNT", str(workers))
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1,2,3")
+    recipe = Recipe.from_yaml_text(
+        f"id: r\nmodel: m\nhardware: {{vendor: nvidia, gpu_type: H100, count: {count}}}\n"
     )
+    session = ForgeSession(ForgeConfig(Path("r"), Path("w"), Path("f")))
+    return session.device_env(recipe)
+
+
+def test_xdist_workers_get_disjoint_gpu_shares(monkeypatch: pytest.MonkeyPatch) -> None:
+    # 4 GPUs, 2 workers: gw0 owns 0,1 and gw1 owns 2,3, whatever each recipe's count.
+    assert _device_env(monkeypatch, "gw0", 2, 2) == {"CUDA_VISIBLE_DEVICES": "0,1"}
+    assert _device_env(monkeypatch, "gw1", 2, 1) == {"CUDA_VISIBLE_DEVICES": "2"}
+    assert _device_env(monkeypatch, "gw1", 2, 2) == {"CUDA_VISIBLE_DEVICES": "2,3"}
+    assert _device_env(monkeypatch, "gw3", 4, 1) == {"CUDA_VISIBLE_DEVICES": "3"}
+    with pytest.raises(ForgeError, match="give each 1: run fewer workers"):
+        _device_env(monkeypatch, "gw0", 4, 2)

@@ -204,10 +204,14 @@ def test_bad_recipe_and_bad_workload_line_fail_alone(
     assert "broken.yaml" in out and "hardwre" in out
 
 
-def test_unknown_vllm_arg_fails_before_boot(project: pytest.Pytester) -> None:
+def test_unknown_vllm_arg_fails_before_boot(
+    project: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
     (project.path / "recipes" / "old.yaml").write_text(
         RECIPE.format(id="old").replace("max_num_seqs: 8", "swap_space: 4")
     )
+    summary = project.path / "step_summary.md"
+    monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(summary))
     result = project.runpytest_subprocess(
         "-p", "no:cacheprovider", "-k", "old", "--forge-boot-timeout=1"
     )
@@ -215,6 +219,15 @@ def test_unknown_vllm_arg_fails_before_boot(project: pytest.Pytester) -> None:
     out = result.stdout.str()
     assert "swap_space" in out and "0.32" in out
     assert "vLLM server boot" not in out  # nothing was booted
+    # Nothing measured, and the CI step summary still says which tests and why.
+    md = summary.read_text()
+    assert "no test measured anything" in md and "Not measured:" in md
+    assert "`recipes/old.yaml::short` | FAILED |" in md and "swap_space" in md
+    doc = json.loads(next((project.path / ".forge" / "gate").glob("*/results.json")).read_text())
+    assert {u["test"] for u in doc["not_measured"]} == {
+        "recipes/old.yaml::short",
+        "recipes/old.yaml::long",
+    }
 
 
 def test_recipe_for_other_hardware_is_skipped(project: pytest.Pytester) -> None:
@@ -224,6 +237,18 @@ def test_recipe_for_other_hardware_is_skipped(project: pytest.Pytester) -> None:
     result = project.runpytest_subprocess("-p", "no:cacheprovider", "-k", "gpu", "-rs")
     result.assert_outcomes(skipped=2)
     assert "needs other hardware" in result.stdout.str()
+
+
+def test_recipe_with_quantization_its_hardware_cannot_run_is_skipped(
+    project: pytest.Pytester,
+) -> None:
+    # seeds/001's table: no quantization on CPU (FP8 needs SM 9.0 / MI300X).
+    (project.path / "recipes" / "q.yaml").write_text(
+        RECIPE.format(id="q") + "quant: {method: fp8}\n"
+    )
+    result = project.runpytest_subprocess("-p", "no:cacheprovider", "-k", "q", "-rs")
+    result.assert_outcomes(skipped=2)
+    assert "quant.method fp8 on this runner: fp8 needs a GPU" in result.stdout.str()
 
 
 def test_reports_benchmark_json_step_summary_and_action_benchmark(
@@ -256,3 +281,22 @@ def test_reports_benchmark_json_step_summary_and_action_benchmark(
     smaller = json.loads((project.path / "gab.smaller.json").read_text())
     assert any(e["name"] == "alpha/short output_throughput" for e in bigger)
     assert all(e["unit"] == "ms" for e in smaller)
+
+
+def test_tune_with_a_bad_agent_spec_fails_each_slot_and_creates_no_run(
+    project: pytest.Pytester,
+) -> None:
+    result = project.runpytest_subprocess(
+        "-p",
+        "no:cacheprovider",
+        "-k",
+        "alpha",
+        "--forge-tune",
+        "--forge-agent=bogus/x",
+        "--forge-budget=2",
+    )
+    out = result.stdout.str()
+    assert result.ret != 0
+    assert "bogus" in out
+    runs = project.path / ".forge" / "runs"
+    assert not runs.exists() or list(runs.iterdir()) == []  # nothing to --forge-resume

@@ -349,3 +349,14 @@ def test_env_cpu_default_respects_recipe_and_gpu(tmp_path: Path) -> None:
     assert env["VLLM_SERVER_DEV_MODE"] == "1"
     if "VLLM_CPU_KVCACHE_SPACE" not in os.environ:
         assert "VLLM_CPU_KVCACHE_SPACE" not in env
+
+
+def test_vllm_never_gets_the_agents_api_keys(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-ant-secret")
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-secret")
+    monkeypatch.setenv("HF_HOME", "/tmp/hf")  # the rest of the environment is passed on
+    env = VllmServer(FakeRecipe(), tmp_path).build_env()
+    assert "ANTHROPIC_API_KEY" not in env and "OPENAI_API_KEY" not in env
+    assert env["HF_HOME"] == "/tmp/hf"

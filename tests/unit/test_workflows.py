@@ -188,12 +188,16 @@ def test_tune_passes_inputs_and_key_through_env() -> None:
     (step,) = [s for s in steps(tune) if "--forge-tune" in s.get("run", "")]
     assert '--forge-agent "$FORGE_AGENT"' in step["run"]
     assert '--forge-budget "$FORGE_BUDGET"' in step["run"]
+    assert '--forge-max-dollars "$FORGE_MAX_DOLLARS"' in step["run"]  # a spend cap, always
     assert "inputs.agent" in tune["env"]["FORGE_AGENT"]
+    # No agent named: pytest-forge's default (Claude with a key, else playbook) decides.
+    assert "anthropic" not in tune["env"]["FORGE_AGENT"]
     assert "inputs.budget" in tune["env"]["FORGE_BUDGET"]
     # The key reaches only the step that needs it.
     assert step["env"]["ANTHROPIC_API_KEY"] == "${{ secrets.ANTHROPIC_API_KEY }}"
     others = [s for s in steps(tune) if s is not step]
-    assert "ANTHROPIC_API_KEY" not in json.dumps(others)
+    for key in ("ANTHROPIC_API_KEY", "OPENAI_API_KEY", "OPENROUTER_API_KEY"):
+        assert key in step["env"] and key not in json.dumps(others)
     (store,) = [
         u for u in uses(tune, "actions/upload-artifact") if ".forge/runs/" in u["with"]["path"]
     ]
@@ -209,4 +213,6 @@ def test_only_the_pull_request_job_may_write() -> None:
     assert pr["needs"] == "tune"
     (create,) = uses(pr, "peter-evans/create-pull-request")
     assert create["with"]["add-paths"] == "recipes/**"
+    # GITHUB_TOKEN's pull requests trigger no workflows: a token that does is used if set.
+    assert "secrets.FORGE_PR_TOKEN" in create["with"]["token"]
     assert all("run" not in s for s in steps(pr)), "the job that can write runs no script"
