@@ -232,6 +232,9 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
         if case is not None:
             # Travels with the report from a pytest-xdist worker to the controller.
             report.forge_case = case
+        tune = getattr(item, "forge_tune", None)
+        if tune is not None:
+            report.forge_tune = tune
 
 
 class _GateReports:
@@ -243,6 +246,13 @@ class _GateReports:
         self.from_workers = from_workers
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        tune = getattr(report, "forge_tune", None)
+        if tune is not None and self.from_workers:
+            from pytest_forge.pipeline import case_from_dict
+
+            self.session.remote_tune_blocks.append(tune["block"])
+            self.session.remote_tune_runs.append(Path(tune["run_dir"]))
+            self.session.results.extend(case_from_dict(c) for c in tune["cases"])
         if not getattr(report, "forge_gate", False):
             return
         case = getattr(report, "forge_case", None)

@@ -85,6 +85,9 @@ class ForgeSession:
     # So the step summary, results.json and the HTML report also say what was not measured
     # (a vLLM upgrade that breaks every boot must not produce an empty report).
     unmeasured: list[Unmeasured] = field(default_factory=list)
+    # On a pytest-xdist controller: the workers' tune summaries and run stores.
+    remote_tune_blocks: list[str] = field(default_factory=list)
+    remote_tune_runs: list[Path] = field(default_factory=list)
     _servers: dict[str, _RecipeServer] = field(default_factory=dict)
     _arg_spec: VllmArgSpec | None = None
     _hardware: HostHardware | None = None

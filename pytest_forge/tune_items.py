@@ -14,7 +14,7 @@ import pytest
 
 from pytest_forge.errors import ForgeError
 from pytest_forge.items import ForgeFailure, RecipeFile, forge_session
-from pytest_forge.pipeline import GateOptions, evaluate_recipe
+from pytest_forge.pipeline import GateOptions, case_to_dict, evaluate_recipe
 from pytest_forge.recipe import Recipe
 from pytest_forge.workload import discover_workloads, load_workload
 
@@ -262,6 +262,7 @@ class TuneItem(pytest.Item):
         self.slot = slot
         self.check_error = check_error
         self.forge_status: str | None = None
+        self.forge_tune: dict[str, Any] | None = None
 
     def runtest(self) -> None:
         if self.check_error:
@@ -319,6 +320,12 @@ class TuneItem(pytest.Item):
                 "run, compared with the baselines committed before the tune"
             )
             forge_session(self.config).results.extend(confirmation.cases)
+        # Travels with the report to a pytest-xdist controller, which prints the summary.
+        self.forge_tune = {
+            "block": _tune_block(tune),
+            "run_dir": str(tune.tuner.store.path),
+            "cases": [case_to_dict(c) for c in confirmation.cases] if confirmation else [],
+        }
 
     def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style=None) -> str:
         if isinstance(excinfo.value, ForgeFailure | ForgeError):
@@ -330,23 +337,26 @@ class TuneItem(pytest.Item):
 
 
 def tune_run_dirs(config: pytest.Config) -> list[Path]:
-    """The run stores of this session's tunes, one per tuned recipe."""
-    return [tune.tuner.store.path for tune in _tunes(config)]
+    """The run stores of this session's tunes (and of pytest-xdist workers' tunes)."""
+    remote = forge_session(config).remote_tune_runs
+    return [tune.tuner.store.path for tune in _tunes(config)] + remote
+
+
+def _tune_block(tune: RecipeTune) -> str:
+    """One tuned recipe's experiment table (as ``forge report RUN_DIR``) and its outcome."""
+    from pytest_forge.tune.store import render_report
+
+    store = tune.tuner.store
+    text = render_report(store.path)
+    if tune.result is not None:
+        text += f"\n{tune.result.message}"
+    cost_note = getattr(tune.tuner.agent, "cost_note", None)
+    if cost_note:
+        text += f"\nagent: {cost_note}"
+    return text + f"\nrun store: {store.path}"
 
 
 def tune_summary(config: pytest.Config) -> str:
-    """Each tuned recipe's experiment table (the same as ``forge report RUN_DIR``)."""
-    from pytest_forge.tune.store import render_report
-
-    blocks = []
-    for tune in _tunes(config):
-        store = tune.tuner.store
-        text = render_report(store.path)
-        if tune.result is not None:
-            text += f"\n{tune.result.message}"
-        cost_note = getattr(tune.tuner.agent, "cost_note", None)
-        if cost_note:
-            text += f"\nagent: {cost_note}"
-        text += f"\nrun store: {store.path}"
-        blocks.append(text)
-    return "\n\n".join(blocks)
+    """Each tuned recipe's block, here or on pytest-xdist workers."""
+    blocks = [_tune_block(tune) for tune in _tunes(config)]
+    return "\n\n".join(blocks + forge_session(config).remote_tune_blocks)

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 import httpx
 import yaml
 
-from pytest_forge.errors import AgentError, ForgeError
+from pytest_forge.errors import AgentError, ForgeError, RecipeError
 from pytest_forge.hardware import quant_unsupported_reason
 from pytest_forge.tune.playbook import (
     Playbook,
@@ -728,13 +728,15 @@ _STEP_WORDS = {
 
 
 class PlaybookAgent:
-    """Offline, deterministic greedy coordinate search over the playbook's space.
+    """Offline, deterministic cyclic coordinate search over the playbook's space.
 
-    Walk the parameters in priority order. For the current one try the next listed
-    value up, then down (booleans flip) from the best recipe's value; a kept change
-    moves the best, so the walk continues in that direction until nothing improves.
-    Once a parameter has nothing untried next to it, move on and never come back in
-    this pass. When every parameter is done, try two-step jumps, then give up.
+    Single-parameter moves from the best recipe, nearest values first, cycling through the
+    parameters in priority order from the one the last experiment moved: a kept change
+    moves the best, so a parameter keeps walking while it improves, and moves rejected
+    from an older best are tried again from the new one (parameters interact). Then
+    two-step jumps. When no single move is left untried, pairs of moves, the pair whose
+    two moves lost least on their own first (e.g. chunked prefill off only pays with a
+    bigger token budget). The tuner refuses anything already measured.
 
     Everything is derived from the context (history, tried hashes), so a resumed run
     makes the same proposal as the uninterrupted one would have.
@@ -765,40 +767,57 @@ class PlaybookAgent:
         space = ctx.search_space
         keys = space.ordered_keys()
         current = _flatten(ctx.recipe)
-        # Values already tried for a key on their own and not kept: never again.
-        spent: dict[str, list[Any]] = {k: [] for k in keys}
-        # How far the walk has got: the furthest key any single-key experiment touched.
-        reached = 0
-        for entry in ctx.history:
-            if len(entry.changes) != 1:
-                continue
-            ((key, value),) = entry.changes.items()
-            if key not in spent:
-                continue
-            reached = max(reached, keys.index(key))
-            if entry.status != "kept":
-                spent[key].append(value)
+        singles = [e for e in ctx.history if len(e.changes) == 1 and next(iter(e.changes)) in keys]
+        start = keys.index(next(iter(singles[-1].changes))) if singles else 0
+        order = keys[start:] + keys[:start]
         best = max(
             (e.score for e in ctx.history if e.score is not None and e.status in _BEST),
             default=None,
         )
         evidence = f"best score so far {best:.4g}" if best is not None else "no score yet"
 
-        for distance, start in ((1, reached), (2, 0)):
-            for key in keys[start:]:
+        def rationale(key: str, value: Any, distance: int, direction: str) -> str:
+            spec = space.params[key]
+            cur = current.get(key, spec.default)
+            shown = json.dumps(value)
+            move = f"{json.dumps(cur)} -> {shown}" if cur is not None else f"set {shown}"
+            return (
+                f"{key}: {move} ({_STEP_WORDS[distance, direction]}, priority {spec.priority}; "
+                f"{evidence}). Playbook, {ctx.hardware_class}: {spec.why or 'a listed value'}"
+            )
+
+        moves: list[tuple[str, Any, str]] = []  # distance-1 moves, for the pairs
+        for distance in (1, 2):
+            for key in order:
                 spec = space.params[key]
                 cur = current.get(key, spec.default)
                 for value, direction in _neighbours(list(spec.values), cur, distance):
-                    if any(same_value(value, s) or str(value) == str(s) for s in spent[key]):
-                        continue
-                    step = _STEP_WORDS[distance, direction]
-                    shown = json.dumps(value)
-                    move = f"{json.dumps(cur)} -> {shown}" if cur is not None else f"set {shown}"
-                    rationale = (
-                        f"{key}: {move} ({step}, priority {spec.priority}; {evidence}). "
-                        f"Playbook, {ctx.hardware_class}: {spec.why or 'a listed value'}"
-                    )
-                    yield Proposal(rationale=rationale, changes={key: value})
+                    text = rationale(key, value, distance, direction)
+                    if distance == 1:
+                        moves.append((key, value, text))
+                    yield Proposal(rationale=text, changes={key: value})
+
+        # Pairs: what each move scored alone from this best (unmeasured: neutral).
+        scores = {e.recipe_id: e.score for e in ctx.history if e.score is not None}
+        neutral = best if best is not None else 0.0
+
+        def alone(move: tuple[str, Any, str]) -> float:
+            key, value, _ = move
+            try:
+                moved = ctx.recipe.with_changes({key: value}).content_hash
+            except RecipeError:
+                return neutral
+            score = scores.get(moved)
+            return neutral if score is None else score
+
+        pairs = [(a, b) for i, a in enumerate(moves) for b in moves[i + 1 :] if a[0] != b[0]]
+        # Stable sort: ties keep the priority order.
+        pairs.sort(key=lambda ab: -(alone(ab[0]) + alone(ab[1])))
+        for (ka, va, ta), (kb, vb, tb) in pairs:
+            yield Proposal(
+                rationale=f"together, as neither alone beat the best: {ta} | {tb}",
+                changes={ka: va, kb: vb},
+            )
 
 
 # ----------------------------------------------------------------------- factory
