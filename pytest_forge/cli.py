@@ -36,7 +36,7 @@ def _check_recipe_plan(recipe: Recipe, workloads_dir: Path) -> None:
     """What pytest would refuse at run time: missing workloads, quantization the recipe's
     own hardware cannot run (seeds/001's table)."""
     from pytest_forge.errors import RecipeError
-    from pytest_forge.hardware import quant_unsupported_reason
+    from pytest_forge.hardware import recipe_quant_problem
     from pytest_forge.workload import discover_workloads
 
     if recipe.workloads and workloads_dir.is_dir():
@@ -49,13 +49,9 @@ def _check_recipe_plan(recipe: Recipe, workloads_dir: Path) -> None:
     gpu = "cpu" if hw.vendor == "cpu" else hw.gpu_type
     if gpu is None:
         return
-    for key in ("method", "kv_cache_quant"):
-        value = getattr(recipe.quant, key)
-        if key == "kv_cache_quant" and not value.lower().startswith("fp8"):
-            continue  # only FP8 KV caches are gated
-        why = quant_unsupported_reason(gpu, None, value)
-        if why:
-            raise RecipeError(recipe.path, f"quant.{key}", f"not on {gpu}: {why}")
+    problem = recipe_quant_problem(recipe.quant.method, recipe.quant.kv_cache_quant, gpu)
+    if problem:
+        raise RecipeError(recipe.path, problem[0], f"not on {gpu}: {problem[1]}")
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:

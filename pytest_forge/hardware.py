@@ -23,10 +23,12 @@ __all__ = [
     "GpuInfo",
     "HostHardware",
     "backend_name",
+    "comparable_hardware",
     "detect_hardware",
     "match_recipe_hardware",
     "quant_supported",
     "quant_unsupported_reason",
+    "recipe_quant_problem",
 ]
 
 Vendor = Literal["nvidia", "amd", "cpu"]
@@ -445,6 +447,21 @@ def quant_unsupported_reason(
     needed = 9.0 if family == "fp8" else 7.5
     if sm < needed:
         return f"{method} needs SM >= {needed:g}; {name} is SM {sm:g}"
+    return None
+
+
+def recipe_quant_problem(
+    method: str, kv_cache_quant: str, target: HostHardware | str
+) -> tuple[str, str] | None:
+    """(field, why) when a recipe's quantization is gated off ``target`` (a host or a GPU
+    name); only FP8 KV caches are gated, other KV dtypes store in the model's precision."""
+    checks = [("quant.method", method)]
+    if kv_cache_quant.lower().startswith("fp8"):
+        checks.append(("quant.kv_cache_quant", kv_cache_quant))
+    for field_name, value in checks:
+        why = quant_unsupported_reason(target, None, value)
+        if why:
+            return field_name, why
     return None
 
 

@@ -16,7 +16,7 @@ from pytest_forge.errors import ForgeError, RecipeError
 from pytest_forge.hardware import (
     comparable_hardware,
     match_recipe_hardware,
-    quant_unsupported_reason,
+    recipe_quant_problem,
 )
 from pytest_forge.recipe import Recipe
 from pytest_forge.workload import Workload, discover_workloads, load_workload
@@ -86,14 +86,10 @@ class RecipeFile(pytest.File):
         reason = match_recipe_hardware(self.recipe.hardware, session.hardware)
         if reason:
             return f"recipe {self.recipe.id} needs other hardware: {reason}"
-        for key in ("method", "kv_cache_quant"):
-            value = getattr(self.recipe.quant, key)
-            # Only FP8 KV caches are gated; other KV dtypes store in the model's precision.
-            if key == "kv_cache_quant" and not value.lower().startswith("fp8"):
-                continue
-            why = quant_unsupported_reason(session.hardware, None, value)
-            if why:
-                return f"recipe {self.recipe.id}: quant.{key} {value} on this runner: {why}"
+        quant = self.recipe.quant
+        problem = recipe_quant_problem(quant.method, quant.kv_cache_quant, session.hardware)
+        if problem:
+            return f"recipe {self.recipe.id}: {problem[0]} on this runner: {problem[1]}"
         return None
 
     def teardown(self) -> None:
