@@ -9,10 +9,13 @@ On the tiny CPU recipe, over the playbook's CPU search space, with real vLLM:
 2. run the real Tuner with the offline PlaybookAgent for N experiments from the
    committed recipe. Its candidates are grid points: each is evaluated by replaying that
    point's measurement from step 1 (so both searches judge the same measured numbers);
-3. print the three figures: default, grid best, playbook best after N.
+3. print the three figures: default, grid best, playbook best after N;
+4. with ``--confirm R``: re-measure those three configs in R alternating rounds and print
+   their medians. On a noisy machine the grid's best single measurement is the maximum of
+   many noisy draws, biased upwards; the confirmation is the fair comparison.
 
-Usage (about 70 s per grid point on 2 cores):
-    python benchmarks/tune_vs_grid.py --workloads chat shared-prefix --repeats 2
+Usage (about 70 s per grid point on 2 cores, 3 boots per confirmation round):
+    python benchmarks/tune_vs_grid.py --workloads chat shared-prefix --repeats 2 --confirm 3
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import statistics
 import sys
 import tempfile
 from pathlib import Path
@@ -50,6 +54,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workloads", nargs="+", default=["chat", "shared-prefix"])
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--budget", type=int, default=8)
+    parser.add_argument(
+        "--confirm", type=int, default=0, help="re-measure the three in R alternating rounds"
+    )
     parser.add_argument("--out", default=str(ROOT / ".forge" / "bench" / "tune_vs_grid.jsonl"))
     args = parser.parse_args(argv)
 
@@ -67,7 +74,8 @@ def main(argv: list[str] | None = None) -> int:
         for line in out.read_text().splitlines():
             if line.strip():
                 rec = json.loads(line)
-                done[rec["hash"]] = rec
+                if not rec["label"].startswith("confirm"):
+                    done[rec["hash"]] = rec
     options = GateOptions(repeats=args.repeats)
     log_dir = out.parent / "logs"
 
@@ -95,8 +103,11 @@ def main(argv: list[str] | None = None) -> int:
     default = committed.model_copy(update={"config": {"max_model_len": 2048}})
     measure("default", default, {"config": "vLLM defaults"})
     points = list(space.iter_grid())
+    recipes = {default.content_hash: default}
     for i, point in enumerate(points):
-        measure(f"grid {i + 1}/{len(points)}", committed.with_changes(point), point)
+        recipe = committed.with_changes(point)
+        recipes[recipe.content_hash] = recipe
+        measure(f"grid {i + 1}/{len(points)}", recipe, point)
 
     def replay(recipe: Recipe) -> Evaluation:
         rec = measure("extra", recipe, {})
@@ -142,6 +153,34 @@ def main(argv: list[str] | None = None) -> int:
     print(f"vLLM default config:          {d:8.1f} tok/s (geomean of median output tok/s)")
     print(f"grid best:                    {g:8.1f} tok/s  {grid_best['changes']}")
     print(f"playbook best after {args.budget:2d} exps:  {t:8.1f} tok/s  = {t / g:.1%} of grid best")
+    if args.confirm:
+        print(f"\nconfirmation: {args.confirm} alternating rounds, medians")
+        configs = {
+            "vLLM default": default,
+            "grid best": recipes[grid_best["hash"]],
+            f"playbook best after {args.budget}": recipes[best_hash],
+        }
+        rounds: dict[str, list[float]] = {name: [] for name in configs}
+        for r in range(args.confirm):
+            for name, recipe in configs.items():
+                ev = evaluate_recipe(
+                    recipe, workloads, log_dir, options, vllm_version=vllm, boot_timeout_s=900
+                )
+                rec = {
+                    "label": f"confirm {r + 1} {name}",
+                    "hash": recipe.content_hash,
+                    "error": ev.error,
+                    "measurements": {k: m.to_dict() for k, m in ev.measurements.items()},
+                }
+                with out.open("a") as fh:
+                    fh.write(json.dumps(rec) + "\n")
+                value = float("nan") if ev.error else _throughput(rec["measurements"])
+                rounds[name].append(value)
+                print(f"  round {r + 1} {name:24s} {recipe.content_hash} {value:8.1f} tok/s")
+        medians = {name: statistics.median(v) for name, v in rounds.items()}
+        gm = medians["grid best"]
+        for name, m in medians.items():
+            print(f"{name + ':':30s}{m:8.1f} tok/s  = {m / gm:.1%} of grid best  {rounds[name]}")
     return 0
 
 

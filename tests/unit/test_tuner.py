@@ -11,11 +11,13 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 
@@ -615,3 +617,100 @@ def test_finalize_after_a_kill_between_write_and_completed(
     result = again.finalize()
     assert "already written" in result.message and land.calls == []
     assert recipe_path.read_bytes() == written and store.is_completed
+
+
+# -- Claude through the SDK against a local Messages API ----------------------------------
+class _FakeMessagesAPI(BaseHTTPRequestHandler):
+    """POST /v1/messages on 127.0.0.1: answers the scripted texts in turn, records bodies."""
+
+    answers: ClassVar[list[str]] = []
+    bodies: ClassVar[list[dict[str, Any]]] = []
+    keys: ClassVar[list[str]] = []
+
+    def do_POST(self) -> None:
+        body = json.loads(self.rfile.read(int(self.headers["content-length"])))
+        type(self).bodies.append(body)
+        # The SDK sends the key as x-api-key or, in newer releases, a bearer token.
+        auth = self.headers.get("authorization", "").removeprefix("Bearer ")
+        type(self).keys.append(self.headers.get("x-api-key") or auth)
+        text = type(self).answers.pop(0)
+        reply = json.dumps(
+            {
+                "id": "msg_1",
+                "type": "message",
+                "role": "assistant",
+                "model": body["model"],
+                "content": [{"type": "text", "text": text}],
+                "stop_reason": "end_turn",
+                "stop_sequence": None,
+                "usage": {"input_tokens": 1000, "output_tokens": 50},
+            }
+        ).encode()
+        self.send_response(200)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(reply)))
+        self.end_headers()
+        self.wfile.write(reply)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+def test_claude_through_the_sdk_proposes_and_a_malformed_answer_is_rejected(
+    tmp_path: Path, recipe_path: Path
+) -> None:
+    from pytest_forge.hardware import HostHardware
+    from pytest_forge.tune.agent import make_agent
+    from pytest_forge.tune.playbook import load_playbook
+
+    good = (
+        '{"rationale": "bigger batches amortise the step", "changes": {"config.max_num_seqs": 64}}'
+    )
+    _FakeMessagesAPI.answers = ["Raise max_num_seqs, I think."] * 3 + [good]
+    _FakeMessagesAPI.bodies, _FakeMessagesAPI.keys = [], []
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _FakeMessagesAPI)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        env = {
+            "ANTHROPIC_API_KEY": "sk-ant-test-secret",
+            "ANTHROPIC_BASE_URL": f"http://127.0.0.1:{server.server_address[1]}",
+        }
+        playbook = load_playbook()
+        agent = make_agent("anthropic/claude-sonnet-4-6", playbook, env)
+        store = new_store(tmp_path)
+        land = Landscape()
+        tuner = Tuner(
+            Recipe.load(recipe_path),
+            agent,
+            store,
+            TuneOptions(budget=2, patience=10),
+            hardware=HostHardware("cpu", [], "AMD EPYC", 2),
+            hardware_class="CPU",
+            search_space=playbook.search_space("CPU"),
+            evaluate=land,
+            measured_with=measured_with,
+        )
+        tuner.run_baseline()
+        bad = tuner.run_slot(1)  # three answers that are not JSON: refused, re-asked, given up
+        applied = tuner.run_slot(2)
+    finally:
+        server.shutdown()
+        server.server_close()
+
+    assert bad.status == "invalid" and "not valid JSON" in (bad.reason or "")
+    assert applied.status in ("kept", "rejected") and applied.exp == 2
+    assert (
+        land.calls[-1]
+        == Recipe.load(recipe_path).with_changes({"config.max_num_seqs": 64}).content_hash
+    )  # the mutation Claude answered is what was measured
+    first = _FakeMessagesAPI.bodies[0]
+    assert "What to try first" in first["system"]  # the playbook
+    assert "Hardware class: CPU" in first["messages"][0]["content"]
+    history = _FakeMessagesAPI.bodies[3]["messages"][0]["content"]
+    assert "not valid JSON" in history  # the failed experiment is in the next prompt
+    assert set(_FakeMessagesAPI.keys) == {"sk-ant-test-secret"}
+    records = store.experiments()
+    assert records[-1]["rationale"] == "bigger batches amortise the step"
+    assert "sk-ant-test-secret" not in "".join(
+        p.read_text() for p in store.path.rglob("*") if p.is_file()
+    )
