@@ -41,8 +41,9 @@ def test_gate_records_baselines_then_gates_and_isolates_bad_input(
 
     # 2. Raise one committed baseline, and add bad input beside the good recipe:
     # a broken workload line, a recipe vLLM refuses to boot, a malformed recipe file.
-    # Doubled rather than +50%: a lucky run here can beat its own baseline by 30%.
-    raised = chat.model_copy(update={"output_throughput": chat.output_throughput * 2.0})
+    # x5 rather than +50%: on 2 shared cores mini-chat has run 2.2x faster than the run
+    # that recorded its baseline (CI, 2026-12-04); only the mechanism is tested here.
+    raised = chat.model_copy(update={"output_throughput": chat.output_throughput * 5.0})
     # The untouched workload must pass, but two 8-request repeats on 2 shared cores swing
     # by up to 40% between runs: halve its baseline so only a real fault fails it.
     acc = recipe.baselines["mini-accuracy"]
