@@ -140,7 +140,15 @@ def test_update_baselines_then_gate_then_raised_baseline_fails(
     gate = _run(project, fake, "-k", "alpha", "--forge-tolerance=0.9", "--junitxml=gate.xml")
     gate.assert_outcomes(passed=2)
     # --forge-repeats on the command line overrides the sidecar's `repeats: 2`
-    more = _run(project, fake, "-k", "alpha and short", "--forge-repeats=4", "--junitxml=r4.xml")
+    more = _run(
+        project,
+        fake,
+        "-k",
+        "alpha and short",
+        "--forge-repeats=4",
+        "--forge-tolerance=0.9",
+        "--junitxml=r4.xml",
+    )
     more.assert_outcomes(passed=1)
     assert _props(_junit(project.path / "gate.xml")["short"])["repeats"] == "2"
     assert _props(_junit(project.path / "r4.xml")["short"])["repeats"] == "4"
