@@ -246,10 +246,10 @@ class _GateReports:
         self.from_workers = from_workers
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        from pytest_forge.pipeline import case_from_dict
+
         tune = getattr(report, "forge_tune", None)
         if tune is not None and self.from_workers:
-            from pytest_forge.pipeline import case_from_dict
-
             self.session.remote_tune_blocks.append(tune["block"])
             self.session.remote_tune_runs.append(Path(tune["run_dir"]))
             self.session.results.extend(case_from_dict(c) for c in tune["cases"])
@@ -258,8 +258,6 @@ class _GateReports:
         case = getattr(report, "forge_case", None)
         if case is not None:
             if self.from_workers:
-                from pytest_forge.pipeline import case_from_dict
-
                 self.session.results.append(case_from_dict(case))
                 self.session.boots += bool(case.get("booted"))
             return

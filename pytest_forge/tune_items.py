@@ -320,12 +320,14 @@ class TuneItem(pytest.Item):
                 "run, compared with the baselines committed before the tune"
             )
             forge_session(self.config).results.extend(confirmation.cases)
-        # Travels with the report to a pytest-xdist controller, which prints the summary.
-        self.forge_tune = {
-            "block": _tune_block(tune),
-            "run_dir": str(tune.tuner.store.path),
-            "cases": [case_to_dict(c) for c in confirmation.cases] if confirmation else [],
-        }
+        if hasattr(self.config, "workerinput"):
+            # Travels with the report to the pytest-xdist controller, which prints it; a
+            # plain run prints tune_summary() itself (no second read of the run store).
+            self.forge_tune = {
+                "block": _tune_block(tune),
+                "run_dir": str(tune.tuner.store.path),
+                "cases": [case_to_dict(c) for c in confirmation.cases] if confirmation else [],
+            }
 
     def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style=None) -> str:
         if isinstance(excinfo.value, ForgeFailure | ForgeError):
