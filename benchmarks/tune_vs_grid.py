@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
                 rec = json.loads(line)
                 if not rec["label"].startswith("confirm"):
                     done[rec["hash"]] = rec
-    options = GateOptions(repeats=args.repeats)
+    options = GateOptions(repeats=args.repeats, max_repeats=1)  # fixed repeats per point
     log_dir = out.parent / "logs"
 
     def measure(label: str, recipe: Recipe, changes: dict) -> dict:

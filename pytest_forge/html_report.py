@@ -21,6 +21,7 @@ import importlib
 import math
 import os
 import re
+import statistics
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +29,8 @@ from typing import TYPE_CHECKING, Any
 
 from pytest_forge import __version__
 from pytest_forge.errors import ForgeError
-from pytest_forge.report import SUMMARY_HEADER, summary_rows
+from pytest_forge.metric_registry import JUDGED_BY_NAME, THROUGHPUT
+from pytest_forge.report import SUMMARY_HEADER, interval_text, summary_rows
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -55,7 +57,12 @@ KEPT_COLOR = "#2ca02c"
 REJECTED_COLOR = "#8c8c8c"
 CRASHED_COLOR = "#d62728"
 BEST_COLOR = "#1f77b4"
-VERDICT_COLORS = {"pass": "#1a7f37", "fail": "#cf222e", "no-baseline": "#9a6700"}
+VERDICT_COLORS = {
+    "pass": "#1a7f37",
+    "fail": "#cf222e",
+    "no-baseline": "#9a6700",
+    "inconclusive": "#9a6700",
+}
 
 # Latency axis of the Pareto plots: E2E p99 when measured, else TTFT p99.
 LATENCY_KEYS = (
@@ -200,7 +207,13 @@ def throughput_figure(results: Sequence[CaseResult]) -> Figure:
     for y, r in enumerate(results):
         labels.append(_mpl_text(_shorten(f"{r.recipe_id} / {r.workload}")))
         measured = _num(r.measurement.headline().get("output_throughput")) or 0.0
-        base = r.verdict.baseline
+        # The reference: the committed baseline, or side A measured in this very run (A/B).
+        base_value = (
+            r.verdict.reference_throughput
+            if r.verdict.mode == "ab"
+            else (r.verdict.baseline.output_throughput if r.verdict.baseline else None)
+        )
+        ref_label = "A (reference, this run)" if r.verdict.mode == "ab" else "baseline (committed)"
         status = r.verdict.status
         # The y axis is inverted below, so "- height / 2" is the upper bar of the pair.
         ax.barh(
@@ -211,22 +224,22 @@ def throughput_figure(results: Sequence[CaseResult]) -> Figure:
             label="measured (median of repeats)" if y == 0 else None,
         )
         longest = max(longest, measured)
-        if base is None:
-            note = "no baseline"
+        if base_value is None:
+            note = "no baseline" if r.verdict.mode == "baseline" else "no reference"
         else:
             ax.barh(
                 y + height / 2,
-                base.output_throughput,
+                base_value,
                 height,
                 color=BASELINE_COLOR,
                 hatch="//",
                 edgecolor="#555555",
                 linewidth=0.6,
-                label=None if baseline_drawn else "baseline (committed)",
+                label=None if baseline_drawn else ref_label,
             )
             baseline_drawn = True
-            longest = max(longest, base.output_throughput)
-            floor = base.output_throughput * (1.0 - r.verdict.tolerance)
+            longest = max(longest, base_value)
+            floor = base_value * (1.0 - r.verdict.tolerance)
             ax.vlines(
                 floor,
                 y - height - 0.06,
@@ -234,11 +247,17 @@ def throughput_figure(results: Sequence[CaseResult]) -> Figure:
                 colors=FLOOR_COLOR,
                 linestyles="--",
                 linewidth=2,
-                label=None if floor_drawn else "pass line: baseline × (1 − tolerance)",
+                label=None
+                if floor_drawn
+                else ref_label.split(" ")[0] + " × (1 − tolerance): the margin",
             )
             floor_drawn = True
+            comparison = r.verdict.comparison()
             change = r.verdict.change_vs_baseline
-            note = "" if change is None else f"{change:+.1%}"
+            if comparison is not None:
+                note = interval_text(comparison)
+            else:
+                note = "" if change is None else f"{change:+.1%}"
         ax.annotate(
             f"{measured:.1f} tok/s  {note}".rstrip(),
             (measured, y - height / 2),
@@ -562,6 +581,7 @@ th { background: #f6f8fa; }
 td.num { text-align: right; font-variant-numeric: tabular-nums; }
 .verdict { font-weight: 600; }
 .v-pass { color: #1a7f37; } .v-fail { color: #cf222e; } .v-no-baseline { color: #9a6700; }
+.v-inconclusive { color: #9a6700; }
 .s-baseline, .s-kept { color: #1a7f37; } .s-rejected { color: #59636e; }
 .s-crashed, .s-invalid { color: #cf222e; }
 figure { margin: 1.5em 0; }
@@ -569,7 +589,59 @@ img { width: 100%; max-width: 1000px; height: auto; border: 1px solid #d1d9e0; }
 pre { background: #f6f8fa; padding: 0.8em; overflow-x: auto; }
 """
 
-_NUMERIC_COLUMNS = {"output tok/s", "vs baseline", "TTFT p99 ms", "TPOT p99 ms", "accuracy"}
+_NUMERIC_COLUMNS = {
+    "output tok/s",
+    "vs reference [95% CI]",
+    "TTFT p99 ms",
+    "TPOT p99 ms",
+    "accuracy",
+}
+
+
+def _bound(value: float | None) -> str:
+    return "inf" if value is None else f"{value:.3f}"
+
+
+def _comparisons_html(results: Sequence[CaseResult]) -> str:
+    """Per judged metric: the reference (baseline or A), now (B), the ratio and interval."""
+    rows = []
+    for r in results:
+        ref_word, now_word = ("A", "B") if r.verdict.mode == "ab" else ("baseline", "now")
+        for check in r.verdict.checks:
+            c = check.comparison
+            if c is None:
+                continue
+            name = THROUGHPUT.name if check.name == "throughput" else check.name
+            spec = JUDGED_BY_NAME[name]
+            now = r.measurement.median(name)
+            if r.reference is not None:
+                ref = r.reference.median(name)
+            else:
+                values = r.verdict.baseline.values(name) if r.verdict.baseline else []
+                ref = statistics.median(values) if values else None
+            cells = [
+                f"{r.recipe_id} / {r.workload}",
+                name,
+                f"{ref_word} {spec.format(ref)}",
+                f"{now_word} {spec.format(now)}",
+                f"{c['ratio']:.3f} [{_bound(c['ci_low'])}, {_bound(c['ci_high'])}]",
+                f"{c['tolerance']:.0%}",
+                c["outcome"],
+            ]
+            rows.append("<tr>" + "".join(f"<td>{_esc(str(x))}</td>" for x in cells) + "</tr>")
+    if not rows:
+        return ""
+    head = "".join(
+        f"<th>{h}</th>"
+        for h in ("case", "metric", "reference", "measured", "ratio [95% CI]", "tolerance", "")
+    )
+    return (
+        "<h2>Against the reference</h2>\n<table>\n<tr>"
+        + head
+        + "</tr>\n"
+        + "\n".join(rows)
+        + "\n</table>"
+    )
 
 
 def _summary_table(results: Sequence[CaseResult]) -> str:
@@ -679,6 +751,7 @@ def write_html_report(
         body.append(_versions_html(results))
         body.append("<h2>Summary</h2>")
         body.append(_summary_table(results))
+        body.append(_comparisons_html(results))
         body.append(_failures_html(results))
         _save(throughput_figure(results), report_dir / THROUGHPUT_PNG)
         body.append(_figure(THROUGHPUT_PNG, "Output throughput: measured vs baseline"))

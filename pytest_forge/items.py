@@ -22,6 +22,8 @@ from pytest_forge.recipe import Recipe
 from pytest_forge.workload import Workload, discover_workloads, load_workload
 
 if TYPE_CHECKING:
+    from pytest_forge.ab import SideEndpoint
+    from pytest_forge.pipeline import CaseResult
     from pytest_forge.session import ForgeSession
 
 SESSION_KEY = pytest.StashKey["ForgeSession"]()
@@ -73,12 +75,13 @@ class RecipeFile(pytest.File):
                 error=f"{self.path}: no workloads found in {session.config.workloads_dir}",
             )
         for name in names:
-            item = GateItem.from_parent(
-                self, name=name, workload_path=available.get(name), check_error=check_error
+            yield GateItem.from_parent(
+                self,
+                name=name,
+                workload_path=available.get(name),
+                check_error=check_error,
+                skip_reason=skip_reason,
             )
-            if skip_reason:
-                item.add_marker(pytest.mark.skip(reason=skip_reason))
-            yield item
 
     def _skip_reason(self, session: ForgeSession) -> str | None:
         if session.config.endpoint_url or self.recipe is None:
@@ -117,12 +120,17 @@ class GateItem(pytest.Item):
     """One recipe x workload benchmark test."""
 
     def __init__(
-        self, *, workload_path: Path | None, check_error: str | None, **kwargs: Any
+        self,
+        *,
+        workload_path: Path | None,
+        check_error: str | None,
+        skip_reason: str | None = None,
+        **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self.workload_path = workload_path
         self.check_error = check_error
-        self.result = None
+        self.skip_reason = skip_reason  # hardware or quantization this runner lacks
         self.booted = False
         self.forge_case: dict[str, Any] | None = None
 
@@ -143,34 +151,39 @@ class GateItem(pytest.Item):
 
     def runtest(self) -> None:
         from pytest_forge import report
-        from pytest_forge.pipeline import case_to_dict, record_baseline, run_case
+        from pytest_forge.pipeline import case_to_dict, record_baseline
 
         if self.check_error:
             raise ForgeFailure(self.check_error)
         session = forge_session(self.config)
+        if self.skip_reason:
+            self._not_judged(
+                self.skip_reason,
+                "run it on a runner with that hardware, or deselect it: "
+                f"pytest -k 'not {self.recipe.id}'",
+            )
         workload = self.load_workload()
         recipe = self.recipe
-        self._skip_if_baseline_from_other_hardware(session, recipe)
+        reference = None
+        if session.ab and not session.config.update_baselines:
+            reference = session.reference_recipe(recipe)
+        if reference is None:
+            self._check_baseline_hardware(session, recipe)
         progress = report.progress_printer(self.config, self.nodeid)
         boots = session.boots
         try:
-            if session.config.endpoint_url is None:
-                booted = str(self.path) in session.live_servers
-                progress.phase("ready" if booted else "booting")
-            endpoint, server = session.endpoint_for(recipe)
+            if reference is not None:
+                result = self._run_ab(session, recipe, reference, workload, progress)
+            else:
+                result = self._run_gate(session, recipe, workload, progress)
             self.booted = session.boots > boots
-            result = run_case(
-                recipe,
-                workload,
-                endpoint,
-                session.config.gate_options(),
-                vllm_version=session.vllm_version,
-                health_check=server.check_alive if server is not None else None,
-                on_progress=progress.update,
-            )
         finally:
             progress.done()  # also when the boot or the run fails: no stale status line
-        self.result = result
+        if session.ab and reference is None and not session.config.update_baselines:
+            result.notes.append(
+                f"{recipe.id} x {workload.name}: the recipe does not exist at "
+                f"{session.config.ab_ref}, so it was judged against its committed baseline"
+            )
         session.results.append(result)
         report.record_item(self, result)
         if session.config.update_baselines and result.verdict.passed:
@@ -179,8 +192,79 @@ class GateItem(pytest.Item):
         self.forge_case = {**case_to_dict(result), "booted": self.booted}
         if not result.verdict.passed:
             raise ForgeFailure(result.verdict.failure_message())
+        if result.baseline_written or result.verdict.judged:
+            return
+        if result.verdict.status == "inconclusive":
+            self._not_judged(
+                result.verdict.undecided_message(),
+                "raise --forge-max-repeats, measure A/B on this runner (--forge-ab-ref REF), "
+                "or widen the recipe's gates tolerance if the change does not matter",
+                skip=False,
+            )
+        else:
+            self._not_judged(
+                f"{recipe.id} x {workload.name}: no committed baseline in {self.path}",
+                f"record one on this runner class: pytest '{self.nodeid}' "
+                "--forge-update-baselines; or compare with a reference measured now: "
+                f"pytest '{self.nodeid}' --forge-ab-ref origin/main",
+                skip=False,
+            )
 
-    def _skip_if_baseline_from_other_hardware(self, session: ForgeSession, recipe: Recipe) -> None:
+    def _run_gate(
+        self, session: ForgeSession, recipe: Recipe, workload: Workload, progress: Any
+    ) -> CaseResult:
+        from pytest_forge.pipeline import run_case
+
+        if session.config.endpoint_url is None:
+            booted = str(self.path) in session.live_servers
+            progress.phase("ready" if booted else "booting")
+        endpoint, server = session.endpoint_for(recipe)
+        return run_case(
+            recipe,
+            workload,
+            endpoint,
+            session.config.gate_options(),
+            vllm_version=session.vllm_version,
+            health_check=server.check_alive if server is not None else None,
+            on_progress=progress.update,
+        )
+
+    def _run_ab(
+        self,
+        session: ForgeSession,
+        recipe: Recipe,
+        reference: Recipe,
+        workload: Workload,
+        progress: Any,
+    ) -> CaseResult:
+        from pytest_forge.ab import run_ab_case
+
+        def endpoints(side: str) -> SideEndpoint:
+            progress.phase(f"side {side}")
+            return session.ab_endpoint(recipe, reference, side)
+
+        return run_ab_case(
+            reference,
+            recipe,
+            workload,
+            endpoints,
+            session.config.gate_options(),
+            reference_label=session.reference_label(recipe),
+            on_progress=progress.update,
+        )
+
+    def _not_judged(self, reason: str, fix: str, *, skip: bool = True) -> None:
+        """Strict mode fails what was not judged; otherwise skip (or pass) and say so."""
+        session = forge_session(self.config)
+        if session.config.strict:
+            raise ForgeFailure(
+                f"not judged (strict mode): {reason}\n  fix: {fix}\n"
+                "  (--forge-no-strict reports it without failing)"
+            )
+        if skip:
+            pytest.skip(reason)
+
+    def _check_baseline_hardware(self, session: ForgeSession, recipe: Recipe) -> None:
         """A baseline measured on other hardware is never compared: the numbers mean nothing."""
         baseline = recipe.baselines.get(self.name)
         if baseline is None or session.config.update_baselines or session.config.endpoint_url:
@@ -188,11 +272,13 @@ class GateItem(pytest.Item):
         here = session.hardware.describe()
         then = baseline.measured_with.hardware
         if comparable_hardware(then) != comparable_hardware(here):
-            pytest.skip(
+            self._not_judged(
                 f"the {self.name} baseline of {recipe.id} was measured on '{then}' with "
                 f"vLLM {baseline.measured_with.vllm}, this runner is '{here}' with vLLM "
-                f"{session.vllm_version or 'unknown'}; record one here with "
-                "--forge-update-baselines"
+                f"{session.vllm_version or 'unknown'}",
+                f"record one here: pytest '{self.nodeid}' --forge-update-baselines; or "
+                f"compare with a reference measured now: pytest '{self.nodeid}' "
+                "--forge-ab-ref origin/main",
             )
 
     def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style=None) -> str:

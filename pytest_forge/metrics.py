@@ -324,6 +324,17 @@ class Measurement:
         mean = statistics.fmean(vals)
         return statistics.stdev(vals) / mean if mean else 0.0
 
+    def extended(self, more: Measurement) -> Measurement:
+        """This measurement with ``more``'s repeats (same workload, same server) appended."""
+        return Measurement(
+            workload=self.workload,
+            repeats=[*self.repeats, *more.repeats],
+            records=[*self.records, *more.records],
+            server=[*self.server, *more.server],
+            vllm_version=self.vllm_version or more.vllm_version,
+            prefix_cache_reset=self.prefix_cache_reset and more.prefix_cache_reset,
+        )
+
     def outputs(self) -> dict[str, str | None]:
         """First repeat's output text per request id; None for a failed request."""
         if not self.records:

@@ -23,9 +23,11 @@ from pytest_forge.accuracy import (
 from pytest_forge.bench import BenchOptions, Progress, run_bench
 from pytest_forge.endpoint import Endpoint
 from pytest_forge.errors import ForgeError, ServerError
+from pytest_forge.metric_registry import JUDGED
 from pytest_forge.metrics import Measurement
 from pytest_forge.recipe import Baseline, MeasuredWith, Recipe
-from pytest_forge.verdict import Check, Verdict, judge
+from pytest_forge.slo import SLO
+from pytest_forge.verdict import Check, Verdict, judge, tolerances
 from pytest_forge.workload import Workload
 
 if TYPE_CHECKING:
@@ -33,6 +35,7 @@ if TYPE_CHECKING:
 
 
 DEFAULT_REPEATS = 3
+DEFAULT_MAX_REPEATS = 10
 
 
 @dataclass(frozen=True)
@@ -40,10 +43,19 @@ class GateOptions:
     """What the user set on the command line / ini; None means "not overridden"."""
 
     repeats: int | None = None  # overrides the workload sidecar's repeats
+    # An inconclusive verdict adds repeats on the running server up to this many in all
+    # (None: DEFAULT_MAX_REPEATS, and never fewer than the first pass's repeats).
+    max_repeats: int | None = None
     accuracy_floor: float | None = None
     tolerance: float | None = None
     update_baselines: bool = False
     kv_sample_interval_s: float = 0.0  # see BenchOptions.metrics_interval_s
+
+    def repeats_for(self, workload: Workload) -> int:
+        return self.repeats or workload.replay.repeats or DEFAULT_REPEATS
+
+    def max_repeats_for(self, workload: Workload) -> int:
+        return max(self.max_repeats or DEFAULT_MAX_REPEATS, self.repeats_for(workload))
 
 
 @dataclass
@@ -55,6 +67,7 @@ class CaseResult:
     verdict: Verdict
     baseline_written: bool = False
     notes: list[str] = field(default_factory=list)
+    reference: Measurement | None = None  # A/B: side A, measured in the same rounds
 
 
 def case_to_dict(result: CaseResult) -> dict[str, Any]:
@@ -72,9 +85,14 @@ def case_to_dict(result: CaseResult) -> dict[str, Any]:
             "accuracy": v.accuracy,
             "tolerance": v.tolerance,
             "vllm_now": v.vllm_now,
+            "mode": v.mode,
+            "reference_label": v.reference_label,
+            "reference_throughput": v.reference_throughput,
+            "vllm_reference": v.vllm_reference,
         },
         "notes": list(result.notes),
         "baseline_written": result.baseline_written,
+        "reference": result.reference.to_dict() if result.reference is not None else None,
     }
 
 
@@ -89,6 +107,10 @@ def case_from_dict(data: dict[str, Any]) -> CaseResult:
         accuracy=vd["accuracy"],
         tolerance=vd["tolerance"],
         vllm_now=vd["vllm_now"],
+        mode=vd.get("mode", "baseline"),
+        reference_label=vd.get("reference_label"),
+        reference_throughput=vd.get("reference_throughput"),
+        vllm_reference=vd.get("vllm_reference"),
     )
     accuracy = AccuracyResult.model_validate(data["accuracy"]) if data["accuracy"] else None
     return CaseResult(
@@ -99,6 +121,7 @@ def case_from_dict(data: dict[str, Any]) -> CaseResult:
         verdict,
         baseline_written=bool(data.get("baseline_written", False)),
         notes=list(data.get("notes", [])),
+        reference=Measurement.from_dict(data["reference"]) if data.get("reference") else None,
     )
 
 
@@ -128,6 +151,11 @@ def baseline_from(
         repeats=len(measurement.repeats),
         cv=round(measurement.cv("output_throughput"), 4),
         measured_with=with_,
+        samples={
+            spec.name: [round(v, 4) for v in measurement.values(spec.name)]
+            for spec in JUDGED
+            if measurement.values(spec.name)
+        },
     )
 
 
@@ -145,16 +173,57 @@ def run_case(
     health_check: Callable[[], None] | None = None,
     on_progress: Callable[[Progress], None] | None = None,
 ) -> CaseResult:
-    """Replay one workload on a running endpoint and judge it."""
+    """Replay one workload on a running endpoint and judge it against its baseline.
+
+    An inconclusive verdict (the interval straddles the tolerance) adds repeats on the
+    same server, without a second warmup, until it is decided or ``max_repeats`` is hit.
+    """
     bench_options = BenchOptions(
-        repeats=options.repeats or workload.replay.repeats or DEFAULT_REPEATS,
-        metrics_interval_s=options.kv_sample_interval_s,
+        repeats=options.repeats_for(workload), metrics_interval_s=options.kv_sample_interval_s
     )
     measurement = run_bench(
         endpoint, workload, bench_options, on_progress=on_progress, health_check=health_check
     )
     measurement.vllm_version = vllm_version
+    accuracy, notes = _score(recipe, workload, measurement, options)
+    floor, slo = floors_for(recipe, workload, options)
+    # When updating baselines the measurement is the new baseline: compare to nothing, as
+    # a snapshot plugin's update flag does. Floors and SLOs still apply.
+    baseline = None if options.update_baselines else recipe.baselines.get(workload.name)
 
+    def verdict_for(m: Measurement) -> Verdict:
+        return judge(
+            recipe.id,
+            workload.name,
+            m,
+            accuracy,
+            baseline=baseline,
+            accuracy_floor=floor,
+            tolerance=tolerances(recipe.gates, options.tolerance),
+            slo=slo,
+            vllm_now=vllm_version,
+        )
+
+    verdict = verdict_for(measurement)
+    limit = options.max_repeats_for(workload)
+    while verdict.status == "inconclusive" and len(measurement.repeats) < limit:
+        more = min(max(2, len(measurement.repeats) // 2), limit - len(measurement.repeats))
+        extra = run_bench(
+            endpoint,
+            workload,
+            BenchOptions(repeats=more, warmup=0, metrics_interval_s=options.kv_sample_interval_s),
+            on_progress=on_progress,
+            health_check=health_check,
+        )
+        measurement = measurement.extended(extra)
+        verdict = verdict_for(measurement)
+    return CaseResult(recipe.id, workload.name, measurement, accuracy, verdict, notes=notes)
+
+
+def _score(
+    recipe: Recipe, workload: Workload, measurement: Measurement, options: GateOptions
+) -> tuple[AccuracyResult | None, list[str]]:
+    """The workload's accuracy scorer on the first repeat's outputs, against the recording."""
     scorer = choose_scorer(workload, recipe.gates.accuracy_scorer)
     recorded = load_recorded_outputs(recipe.path, workload.name) if recipe.path else None
     accuracy = score_outputs(workload, measurement.outputs(), scorer, recorded) if scorer else None
@@ -169,31 +238,19 @@ def run_case(
                 "the outputs are re-recorded"
             )
         accuracy = score_outputs(workload, measurement.outputs(), scorer, None)
+    return accuracy, notes
 
+
+def floors_for(
+    recipe: Recipe, workload: Workload, options: GateOptions
+) -> tuple[float | None, SLO]:
+    """The accuracy floor (command line > recipe > workload) and the merged SLOs."""
     floor = options.accuracy_floor
     if floor is None:
         floor = recipe.gates.accuracy_floor
     if floor is None:
         floor = workload.replay.accuracy.floor
-    slo = workload.replay.slo.merged(recipe.gates.slo)
-    # When updating baselines the throughput is the new baseline: compare to nothing,
-    # as a snapshot plugin's update flag does. Floors and SLOs still apply.
-    baseline = None if options.update_baselines else recipe.baselines.get(workload.name)
-    tolerance = options.tolerance
-    if tolerance is None:
-        tolerance = recipe.gates.throughput_tolerance
-    verdict = judge(
-        recipe.id,
-        workload.name,
-        measurement,
-        accuracy,
-        baseline=baseline,
-        accuracy_floor=floor,
-        tolerance=tolerance,
-        slo=slo,
-        vllm_now=vllm_version,
-    )
-    return CaseResult(recipe.id, workload.name, measurement, accuracy, verdict, notes=notes)
+    return floor, workload.replay.slo.merged(recipe.gates.slo)
 
 
 def record_baseline(recipe_path: Path, result: CaseResult, with_: MeasuredWith) -> list[str]:

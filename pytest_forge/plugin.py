@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import importlib.util
+import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +34,38 @@ _OPTIONS: list[tuple[str, str, Any, Any, str]] = [
         "timed repeats per test, median reported (default: the workload's repeats, else 3)",
     ),
     (
+        "--forge-max-repeats",
+        "forge_max_repeats",
+        int,
+        None,
+        "an inconclusive verdict adds repeats (A/B: rounds) on the running server up to this "
+        "many (default 10)",
+    ),
+    (
+        "--forge-ab-ref",
+        "forge_ab_ref",
+        str,
+        None,
+        "A/B: measure each recipe as it is at this git ref (side A, e.g. origin/main) against "
+        "the working tree (B), interleaved on this runner; judge the paired ratio B/A",
+    ),
+    (
+        "--forge-ab-python",
+        "forge_ab_python",
+        str,
+        None,
+        "A/B: side A runs vLLM from this Python interpreter (e.g. a venv with the old vLLM "
+        "pin), side B from this environment",
+    ),
+    (
+        "--forge-ab-level",
+        "forge_ab_level",
+        str,
+        None,
+        "A/B interleaving: 'repeat' (both servers up, alternate repeats; default without a "
+        "GPU) or 'boot' (one server at a time, alternate boots; default on GPUs)",
+    ),
+    (
         "--forge-accuracy-floor",
         "forge_accuracy_floor",
         float,
@@ -43,7 +77,8 @@ _OPTIONS: list[tuple[str, str, Any, Any, str]] = [
         "forge_tolerance",
         float,
         None,
-        "allowed throughput drop vs baseline, e.g. 0.05 (default: recipe's, else 0.05)",
+        "the smallest throughput drop that matters, e.g. 0.05 (default: the recipe's "
+        "gates.throughput_tolerance, else 0.05)",
     ),
     ("--forge-boot-timeout", "forge_boot_timeout", float, 900.0, "seconds for vLLM to boot"),
     (
@@ -105,6 +140,13 @@ _FLAGS = [
     ),
     ("--forge-tune", "forge_tune", "tune recipes with an agent instead of gating them"),
     ("--forge-resume", "forge_resume", "resume the latest unfinished tune run"),
+    (
+        "--forge-strict",
+        "forge_strict",
+        "fail every selected test that was not judged (no baseline, other hardware, skipped, "
+        "inconclusive, boot failure); the default when the CI environment variable is set",
+    ),
+    ("--forge-no-strict", "forge_no_strict", "report tests that were not judged, do not fail"),
 ]
 
 
@@ -135,12 +177,37 @@ def _build_config(config: pytest.Config) -> ForgeConfig:
         value = values[key]
         return None if value is None else (root / value).resolve()
 
+    if flags["forge_strict"] and flags["forge_no_strict"]:
+        raise pytest.UsageError("--forge-strict and --forge-no-strict contradict each other")
+    ci = os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
+    strict = flags["forge_strict"] or (ci and not flags["forge_no_strict"])
+    ab_level = values["forge_ab_level"]
+    if ab_level not in (None, "repeat", "boot"):
+        raise pytest.UsageError(f"--forge-ab-level must be 'repeat' or 'boot', got {ab_level!r}")
+    ab = values["forge_ab_ref"] or values["forge_ab_python"]
+    if ab and values["forge_endpoint"]:
+        raise pytest.UsageError("A/B mode boots both sides itself: drop --forge-endpoint")
+    if ab and flags["forge_tune"]:
+        raise pytest.UsageError(
+            "--forge-ab-ref/--forge-ab-python gate recipes; not with --forge-tune"
+        )
+    python = values["forge_ab_python"]
+    if python and not (shutil.which(python) or Path(python).is_file()):
+        raise pytest.UsageError(f"--forge-ab-python {python}: no such interpreter")
+    max_repeats = values["forge_max_repeats"]
+    if max_repeats is not None and max_repeats < 1:
+        raise pytest.UsageError(f"--forge-max-repeats must be >= 1, got {max_repeats}")
     return ForgeConfig(
         recipes_dir=path("forge_recipes") or root / "recipes",
         workloads_dir=path("forge_workloads") or root / "workloads",
         run_root=path("forge_run_dir") or root / ".forge",
         endpoint_url=values["forge_endpoint"],
         repeats=values["forge_repeats"],
+        max_repeats=max_repeats,
+        strict=strict,
+        ab_ref=values["forge_ab_ref"],
+        ab_python=python,
+        ab_level=ab_level or _default_ab_level(),
         accuracy_floor=values["forge_accuracy_floor"],
         tolerance=values["forge_tolerance"],
         boot_timeout_s=values["forge_boot_timeout"] or 900.0,
@@ -161,6 +228,12 @@ def _build_config(config: pytest.Config) -> ForgeConfig:
         resume=flags["forge_resume"],
         patience=values["forge_patience"] or 3,
     )
+
+
+def _default_ab_level() -> str:
+    # Two servers fit at once on the CPU path; on GPUs each recipe expects the whole device.
+    has_gpu = shutil.which("nvidia-smi") or shutil.which("rocm-smi")
+    return "boot" if has_gpu else "repeat"
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -301,11 +374,19 @@ def pytest_terminal_summary(
         for r in results:
             for note in r.notes:
                 terminalreporter.write_line(f"forge: {note}")
-        if any(r.verdict.baseline is None for r in results) and not session.config.update_baselines:
+        if any(r.verdict.status == "no-baseline" for r in results) and not (
+            session.config.update_baselines
+        ):
             terminalreporter.write_line(
                 "forge: tests without a committed baseline measured and reported only; "
-                "record baselines with --forge-update-baselines"
+                "record baselines with --forge-update-baselines, or compare A/B with "
+                "--forge-ab-ref REF"
             )
+    if results or session.unmeasured:
+        counts = report.judged_counts(results, session.unmeasured)
+        line = report.judged_line(counts, session.config.strict)
+        loud = counts["not_judged"] and not session.config.strict
+        terminalreporter.write_line(line, yellow=bool(loud), bold=bool(loud))
     for line in report.write_outputs(config, results):
         terminalreporter.write_line(line)
     if session.boots:

@@ -17,6 +17,7 @@ import itertools
 import json
 import os
 import re
+import statistics
 import tempfile
 import types
 import typing
@@ -40,6 +41,7 @@ from ruamel.yaml import YAML
 from ruamel.yaml.error import MarkedYAMLError, YAMLError
 
 from pytest_forge.errors import RecipeError
+from pytest_forge.metric_registry import JUDGED_BY_NAME, LATENCY_NAMES
 from pytest_forge.slo import SLO
 
 # pytest-forge owns these vLLM args: the server picks the port and binds 127.0.0.1, names
@@ -103,7 +105,32 @@ class Gates(_Strict):
     accuracy_floor: float | None = Field(default=None, ge=0)
     accuracy_scorer: Literal["exact", "contains", "regex", "agreement"] | None = None
     throughput_tolerance: float | None = Field(default=None, ge=0, lt=1)
+    # The largest latency slow-down that does not matter, as a fraction: one number for
+    # every judged latency metric, or per metric (ttft_p99_ms: 0.5, ...); metrics left out
+    # use metric_registry's defaults.
+    latency_tolerance: (
+        Annotated[float, Field(ge=0, le=10)] | dict[str, Annotated[float, Field(ge=0, le=10)]]
+    ) = Field(default_factory=dict)
     slo: SLO = Field(default_factory=SLO)
+
+    @field_validator("latency_tolerance")
+    @classmethod
+    def _known_latency_metrics(cls, value: float | dict[str, float]) -> float | dict[str, float]:
+        for name in value if isinstance(value, dict) else ():
+            if name not in LATENCY_NAMES:
+                near = difflib.get_close_matches(name, LATENCY_NAMES, n=1)
+                hint = f" (did you mean {near[0]}?)" if near else ""
+                raise ValueError(
+                    f"unknown latency metric {name!r}{hint}; known: {', '.join(LATENCY_NAMES)}"
+                )
+        return value
+
+    def latency_tolerances(self) -> dict[str, float]:
+        """The tolerance set for each latency metric (those the recipe sets)."""
+        value = self.latency_tolerance
+        if isinstance(value, dict):
+            return dict(value)
+        return dict.fromkeys(LATENCY_NAMES, float(value))
 
 
 class Lineage(_Strict):
@@ -132,6 +159,35 @@ class Baseline(_Strict):
     repeats: int = Field(ge=1)
     cv: float = Field(ge=0)
     measured_with: MeasuredWith
+    # Every judged metric's value in each repeat (metric_registry.JUDGED), so the verdict
+    # can test the change against the baseline's own spread. Older files have medians only.
+    samples: dict[str, list[Annotated[float, Field(ge=0)]]] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _medians_match_samples(self) -> Baseline:
+        # The verdict reads the samples: a median edited by hand beside them would be
+        # silently ignored, so the two must agree (up to the 4-decimal rounding of both).
+        for metric, values in self.samples.items():
+            if metric not in JUDGED_BY_NAME:
+                raise _field_error(f"samples.{metric}", f"unknown metric {metric!r}")
+            median = getattr(self, metric, None)
+            if not values or median is None:
+                continue
+            expected = statistics.median(values)
+            if abs(median - expected) > 0.01 + 1e-3 * abs(expected):
+                raise _field_error(
+                    metric,
+                    f"{median} is not the median of its samples ({expected:g}): baselines are "
+                    "recorded by --forge-update-baselines, not edited by hand",
+                )
+        return self
+
+    def values(self, metric: str) -> list[float]:
+        """The baseline's per-repeat values of ``metric``, else its median alone, else []."""
+        if self.samples.get(metric):
+            return list(self.samples[metric])
+        median = getattr(self, metric, None)
+        return [float(median)] if isinstance(median, (int, float)) else []
 
 
 def _field_error(field: str, message: str) -> PydanticCustomError:
@@ -283,6 +339,7 @@ class Recipe(_Strict):
             _merge(doc, compact, _plain(self.model_dump(mode="json")))
         else:
             doc = compact
+        _flow_samples(doc)
         buf = StringIO()
         yaml.dump(doc, buf)
         _atomic_write(target, buf.getvalue())
@@ -291,8 +348,10 @@ class Recipe(_Strict):
 
     def to_yaml_text(self) -> str:
         """The recipe as a fresh YAML document (what save() writes for a new file)."""
+        doc = self._compact_data()
+        _flow_samples(doc)
         buf = StringIO()
-        _yaml().dump(self._compact_data(), buf)
+        _yaml().dump(doc, buf)
         return buf.getvalue()
 
     def _compact_data(self) -> dict[str, Any]:
@@ -500,6 +559,19 @@ def _plain(obj: Any) -> Any:
     return obj
 
 
+def _flow_samples(doc: Any) -> None:
+    """Per-repeat samples on one line each (``[812.1, 798.4, ...]``), not one per value."""
+    from ruamel.yaml.comments import CommentedSeq
+
+    baselines = doc.get("baselines") if isinstance(doc, Mapping) else None
+    for baseline in (baselines or {}).values():
+        samples = baseline.get("samples") if isinstance(baseline, Mapping) else None
+        for metric, values in (samples or {}).items():
+            seq = CommentedSeq(values)
+            seq.fa.set_flow_style()
+            samples[metric] = seq
+
+
 def _merge(old: Any, compact: Mapping[str, Any], full: Mapping[str, Any]) -> None:
     """Update a round-trip mapping in place to the recipe's values.
 
@@ -664,8 +736,12 @@ def _translate(exc: ValidationError, path: Path | None, tree: Any) -> RecipeErro
         field, msg = _describe(err)
         loc = tuple(err.get("loc", ()))
         if err["type"] == "forge_recipe":
-            # The context's field is more precise than the validator's location.
-            loc = tuple(field.split(".", 1))
+            # The context's field is more precise than the validator's location, which
+            # is empty for the recipe's own validators and the parent for nested models.
+            prefix = ".".join(str(part) for part in loc)
+            if prefix and not (field == prefix or field.startswith(prefix + ".")):
+                field = f"{prefix}.{field}"
+            loc = tuple(field.split(".", 1)) if not prefix else tuple(field.split("."))
         line = _line_of(tree, loc) if tree is not None and loc else None
         described.append((field, msg + _line_suffix(line)))
     first_field, first_msg = described[0]

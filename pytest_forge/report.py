@@ -50,10 +50,23 @@ def result_properties(result: CaseResult) -> dict[str, Any]:
     verdict = result.verdict
     props["vllm_version"] = verdict.vllm_now
     props["verdict"] = verdict.status
+    props["judged"] = verdict.judged
+    props["reference"] = verdict.mode
     if verdict.baseline is not None:
         props["baseline_output_throughput"] = verdict.baseline.output_throughput
         props["baseline_vllm_version"] = verdict.baseline.measured_with.vllm
         props["change_vs_baseline"] = verdict.change_vs_baseline
+    if verdict.mode == "ab":
+        props["a_output_throughput"] = verdict.reference_throughput
+        props["a_vllm_version"] = verdict.vllm_reference
+    # Each judged metric's ratio to its reference and the interval the decision used.
+    for check in verdict.checks:
+        c = check.comparison
+        if c is not None:
+            props[f"{check.name}_ratio"] = c["ratio"]
+            props[f"{check.name}_ci_low"] = c["ci_low"]
+            props[f"{check.name}_ci_high"] = c["ci_high"]
+            props[f"{check.name}_outcome"] = c["outcome"]
     return props
 
 
@@ -124,16 +137,55 @@ def summary_rows(results: Iterable[CaseResult]) -> list[list[str]]:
 def _change_cell(result: CaseResult, change: float | None) -> str:
     if result.baseline_written:
         return "new baseline"
-    if result.verdict.baseline is None:
-        return "no baseline"
-    return "-" if change is None else f"{change:+.1%}"
+    comparison = result.verdict.comparison()
+    if comparison is not None:
+        return interval_text(comparison)
+    if change is not None:
+        return f"{change:+.1%}"
+    return "no baseline" if result.verdict.mode == "baseline" else "not compared"
+
+
+def interval_text(comparison: dict[str, Any]) -> str:
+    """``+3.1% [-1.2%, +7.5%]``: the change vs the reference and its confidence interval."""
+
+    # An unknown bound (one value per side: no spread) is None in the JSON form.
+    def pct(x: float | None, unknown: str) -> str:
+        return unknown if x is None else f"{x - 1:+.1%}"
+
+    low = pct(comparison["ci_low"], "-100%")
+    return f"{comparison['ratio'] - 1:+.1%} [{low}, {pct(comparison['ci_high'], 'inf')}]"
+
+
+def judged_counts(
+    results: Sequence[CaseResult], unmeasured: Sequence[Unmeasured]
+) -> dict[str, int]:
+    """How many selected gate tests were judged against a reference, and how many not."""
+    judged = sum(1 for r in results if r.verdict.judged)
+    recorded = sum(1 for r in results if r.baseline_written and not r.verdict.judged)
+    not_judged = len(results) - judged - recorded + len(unmeasured)
+    return {"judged": judged, "recorded": recorded, "not_judged": not_judged}
+
+
+def judged_line(counts: dict[str, int], strict: bool) -> str:
+    total = sum(counts.values())
+    text = f"forge: {counts['judged']} of {total} gate test(s) judged against a reference"
+    if counts["recorded"]:
+        text += f", {counts['recorded']} baseline(s) recorded"
+    if counts["not_judged"]:
+        text += f", {counts['not_judged']} NOT judged"
+        if not strict:
+            text = (
+                "forge: WARNING: " + text.removeprefix("forge: ") + " (they passed or skipped "
+                "without a verdict; --forge-strict fails them, as it does by default under CI)"
+            )
+    return text
 
 
 SUMMARY_HEADER = [
     "recipe",
     "workload",
     "output tok/s",
-    "vs baseline",
+    "vs reference [95% CI]",
     "TTFT p99 ms",
     "TPOT p99 ms",
     "accuracy",
@@ -169,6 +221,14 @@ def markdown_summary(
     results: list[CaseResult], unmeasured: Sequence[Unmeasured] = (), vllm_now: str | None = None
 ) -> str:
     out = ["### pytest-forge", ""]
+    counts = judged_counts(results, unmeasured)
+    out += [
+        f"**{counts['judged']} judged**, {counts['not_judged']} not judged"
+        + (f", {counts['recorded']} recorded" if counts["recorded"] else ""),
+        "",
+    ]
+    labels = sorted({r.verdict.reference_label for r in results if r.verdict.reference_label})
+    out += [f"A/B: {label}" for label in labels] + ([""] if labels else [])
     if results:
         out += [versions_line(results), ""]
         out.append("| " + " | ".join(SUMMARY_HEADER) + " |")
@@ -233,6 +293,7 @@ def results_document(
         "vllm_version": next((r.verdict.vllm_now for r in results if r.verdict.vllm_now), None)
         or vllm_now,
         "hardware": hardware,
+        **judged_counts(results, unmeasured),
         "not_measured": [asdict(u) for u in unmeasured],
         "results": [
             {
@@ -241,6 +302,14 @@ def results_document(
                 "metrics": r.measurement.headline(),
                 "accuracy": r.accuracy.value if r.accuracy is not None else None,
                 "verdict": r.verdict.status,
+                "judged": r.verdict.judged,
+                "reference": r.verdict.mode,
+                "reference_label": r.verdict.reference_label,
+                "reference_metrics": r.reference.headline() if r.reference else None,
+                "reference_vllm": r.verdict.vllm_reference,
+                "comparisons": {
+                    c.name: c.comparison for c in r.verdict.checks if c.comparison is not None
+                },
                 "baseline_vllm": r.verdict.baseline.measured_with.vllm
                 if r.verdict.baseline
                 else None,

@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import datetime as _dt
 import os
+import sys
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import httpx
 
+from pytest_forge.ab import SideEndpoint, git_toplevel, recipe_at_ref, side_a_label
 from pytest_forge.endpoint import Endpoint
 from pytest_forge.errors import ForgeError, ServerError
 from pytest_forge.hardware import HostHardware, backend_name, detect_hardware
@@ -33,6 +36,13 @@ class ForgeConfig:
     run_root: Path
     endpoint_url: str | None = None
     repeats: int | None = None  # None: the workload's repeats, else DEFAULT_REPEATS
+    max_repeats: int | None = None  # an inconclusive verdict adds repeats up to this
+    # Strict: a selected test that was not judged (no reference, skipped, inconclusive,
+    # boot failure) fails. Default on when the CI environment variable is set.
+    strict: bool = False
+    ab_ref: str | None = None  # A/B: side A is the recipe at this git ref
+    ab_python: str | None = None  # A/B: side A runs this interpreter's vLLM
+    ab_level: Literal["repeat", "boot"] = "repeat"
     accuracy_floor: float | None = None
     tolerance: float | None = None
     boot_timeout_s: float = 900.0
@@ -55,6 +65,7 @@ class ForgeConfig:
     def gate_options(self) -> GateOptions:
         return GateOptions(
             repeats=self.repeats,
+            max_repeats=self.max_repeats,
             accuracy_floor=self.accuracy_floor,
             tolerance=self.tolerance,
             update_baselines=self.update_baselines,
@@ -93,6 +104,7 @@ class ForgeSession:
     _hardware: HostHardware | None = None
     _run_dir: Path | None = None
     _endpoint_version: str | None = None
+    _reference_recipes: dict[str, Recipe | None] = field(default_factory=dict)
     boots: int = 0
 
     # -- environment -------------------------------------------------------------------
@@ -143,7 +155,11 @@ class ForgeSession:
             if self._endpoint_version is None:
                 self._endpoint_version = _endpoint_version(endpoint)
             return endpoint, None
-        key = str(recipe.path or recipe.id)
+        return self._boot(str(recipe.path or recipe.id), recipe, None)
+
+    def _boot(
+        self, key: str, recipe: Recipe, python: str | None
+    ) -> tuple[Endpoint, VllmServer | None]:
         slot = self._servers.setdefault(key, _RecipeServer())
         if slot.error is not None:
             raise ServerError(
@@ -158,6 +174,7 @@ class ForgeSession:
                 self.run_dir,
                 boot_timeout_s=self.config.boot_timeout_s,
                 extra_env=self.device_env(recipe),
+                python=python or sys.executable,
             )
             self.boots += 1
             try:
@@ -200,12 +217,44 @@ class ForgeSession:
             )
         return {var: ",".join(devices[index * share : index * share + count])}
 
+    # -- A/B ---------------------------------------------------------------------------
+    @property
+    def ab(self) -> bool:
+        return bool(self.config.ab_ref or self.config.ab_python)
+
+    def reference_recipe(self, recipe: Recipe) -> Recipe | None:
+        """Side A's recipe: the file at --forge-ab-ref, else the same recipe."""
+        if not self.config.ab_ref:
+            return recipe
+        key = str(recipe.path)
+        if key not in self._reference_recipes:
+            root = git_toplevel(recipe.path.parent if recipe.path else Path.cwd())
+            self._reference_recipes[key] = recipe_at_ref(recipe, self.config.ab_ref, root)
+        return self._reference_recipes[key]
+
+    def reference_label(self, recipe: Recipe) -> str:
+        return side_a_label(recipe, self.config.ab_ref, self.config.ab_python)
+
+    def ab_endpoint(self, recipe_b: Recipe, recipe_a: Recipe, side: str) -> SideEndpoint:
+        """The live server of one side, booted on demand. At level "boot" only one side of
+        a recipe is up at a time: asking for the other stops this one first."""
+        base = str(recipe_b.path or recipe_b.id)
+        key, other = f"{base}#{side}", f"{base}#{'B' if side == 'A' else 'A'}"
+        if self.config.ab_level == "boot":
+            self.stop_server(other)
+        booted = key not in self.live_servers
+        python = self.config.ab_python if side == "A" and self.config.ab_python else None
+        endpoint, server = self._boot(key, recipe_a if side == "A" else recipe_b, python)
+        return SideEndpoint(endpoint, server.check_alive if server else None, fresh=booted)
+
     def stop_server(self, recipe_key: str) -> None:
-        slot = self._servers.get(recipe_key)
-        if slot is not None and slot.server is not None:
-            slot.server.stop()
-            slot.server = None
-            slot.endpoint = None
+        """Stop the recipe's server(s): the gate's, and both sides of an A/B run."""
+        for key in (recipe_key, f"{recipe_key}#A", f"{recipe_key}#B"):
+            slot = self._servers.get(key)
+            if slot is not None and slot.server is not None:
+                slot.server.stop()
+                slot.server = None
+                slot.endpoint = None
 
     def stop_all(self) -> None:
         for key in list(self._servers):

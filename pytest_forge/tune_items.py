@@ -133,8 +133,10 @@ def _config_record(session: ForgeSession, recipe: Recipe, agent_spec: str) -> di
 def _make_evaluate(session: ForgeSession, recipe_file: RecipeFile, log_dir: Path):
     """Evaluate a candidate through the gate's path: one boot, every workload, then stop."""
     available = discover_workloads(session.config.workloads_dir)
+    # max_repeats=1: the tuner compares candidates itself (objective.py), so a candidate's
+    # run never grows repeats to settle a comparison with the committed baselines.
     options = GateOptions(
-        repeats=session.config.repeats, accuracy_floor=session.config.accuracy_floor
+        repeats=session.config.repeats, accuracy_floor=session.config.accuracy_floor, max_repeats=1
     )
 
     def evaluate(candidate: Recipe) -> Evaluation:

@@ -29,6 +29,7 @@ config:
   max_num_seqs: 8   # inline comment
 gates:
   accuracy_scorer: agreement
+  latency_tolerance: 9  # the fake's sub-millisecond latencies are noise, not a signal
 """
 
 # pytester points HOME at a temp dir; keep the real cache so vLLM's args are introspected
@@ -55,6 +56,8 @@ def fake() -> Iterator[FakeServer]:
 @pytest.fixture
 def project(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> pytest.Pytester:
     monkeypatch.setenv("FORGE_CACHE_DIR", CACHE)
+    # Strict mode is on by default under CI: tests choose it explicitly.
+    monkeypatch.delenv("CI", raising=False)
     (pytester.path / "recipes").mkdir()
     (pytester.path / "workloads").mkdir()
     (pytester.path / "recipes" / "alpha.yaml").write_text(RECIPE.format(id="alpha"))
@@ -137,7 +140,16 @@ def test_update_baselines_then_gate_then_raised_baseline_fails(
     assert (project.path / "recipes" / "alpha.outputs" / "short.jsonl").is_file()
 
     # the committed baseline now gates (generous tolerance: the fake is fast and noisy)
-    gate = _run(project, fake, "-k", "alpha", "--forge-tolerance=0.9", "--junitxml=gate.xml")
+    # (--forge-max-repeats: no repeats added to settle the fake's noise, so counts are exact)
+    gate = _run(
+        project,
+        fake,
+        "-k",
+        "alpha",
+        "--forge-tolerance=0.9",
+        "--forge-max-repeats=2",
+        "--junitxml=gate.xml",
+    )
     gate.assert_outcomes(passed=2)
     # --forge-repeats on the command line overrides the sidecar's `repeats: 2`
     more = _run(
@@ -147,13 +159,17 @@ def test_update_baselines_then_gate_then_raised_baseline_fails(
         "alpha and short",
         "--forge-repeats=4",
         "--forge-tolerance=0.9",
+        "--forge-max-repeats=4",
         "--junitxml=r4.xml",
     )
     more.assert_outcomes(passed=1)
     assert _props(_junit(project.path / "gate.xml")["short"])["repeats"] == "2"
     assert _props(_junit(project.path / "r4.xml")["short"])["repeats"] == "4"
 
-    data["baselines"]["short"]["output_throughput"] *= 3  # far beyond the fake's noise
+    short = data["baselines"]["short"]
+    short["output_throughput"] *= 3  # far beyond the fake's noise
+    # ... and so is every repeat the baseline kept (the verdict tests against those).
+    short["samples"]["output_throughput"] = [3 * v for v in short["samples"]["output_throughput"]]
     recipe_path.write_text(yaml.safe_dump(data, sort_keys=False))
     result = _run(project, fake, "-k", "alpha", "--forge-tolerance=0.05")
     result.assert_outcomes(passed=1, failed=1)
