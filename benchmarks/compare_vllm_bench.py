@@ -15,7 +15,8 @@ and prints the medians over rounds of output throughput, median TTFT and median 
 side with the differences (targets: throughput within 5 %, TTFT/TPOT within 10 %).
 
     .venv/bin/python benchmarks/compare_vllm_bench.py http://127.0.0.1:8199 \\
-        workloads/chat.jsonl [--concurrency 8] [--rounds 3] [--model M] [--tokenizer PATH]
+        workloads/chat.jsonl [--concurrency 8] [--rounds 3] [--model M] [--tokenizer PATH] \\
+        [--pgid PGID --engine pin|float]
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import contextlib
 import io
 import json
 import statistics
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -94,7 +96,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--model", default=None, help="default: the server's first model")
     parser.add_argument("--tokenizer", default=None, help="default: the model")
+    parser.add_argument(
+        "--pgid",
+        type=int,
+        default=None,
+        help="the server's process group: with --engine, set its EngineCore's CPU affinity",
+    )
+    parser.add_argument(
+        "--engine",
+        choices=("pin", "float"),
+        default=None,
+        help="pin: vLLM-CPU's EngineCore on its worker's cores (see benchmarks/noise.py); "
+        "float: free on every core, as vLLM leaves it",
+    )
     args = parser.parse_args(argv)
+    if args.engine is not None:
+        if args.pgid is None:
+            raise SystemExit("--engine needs --pgid (the server's process group id)")
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        from noise import EnginePin
+
+        EnginePin(args.pgid).set(args.engine == "pin")
 
     from pytest_forge.workload import load_workload
 
@@ -158,6 +180,18 @@ def main(argv: list[str] | None = None) -> int:
             f"±{target:.0f}% {'ok' if within else 'OUTSIDE':7s} |"
             f" {best_ours:24.2f} {best_theirs:8.2f} {_diff(best_ours, best_theirs):+6.1f}%"
         )
+    # Rounds are pairs on the same server minutes: the per-round ratio cancels slow drift.
+    for key in TARGETS:
+        ratios = [
+            a[key] / b[key]
+            for a, b in zip(results["forge"], results["vllm"], strict=True)
+            if a[key] and b[key]
+        ]
+        if ratios:
+            print(
+                f"per-round ratio {key:17s} median {statistics.median(ratios):.3f} "
+                f"(min {min(ratios):.3f}, max {max(ratios):.3f})"
+            )
     return 0 if ok else 1
 
 

@@ -30,7 +30,7 @@ import json
 import logging
 import math
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -44,6 +44,7 @@ from pytest_forge.metrics import (
     RequestRecord,
     ServerMetrics,
     ServerMetricsDelta,
+    steady_state,
 )
 
 if TYPE_CHECKING:
@@ -69,6 +70,14 @@ class BenchOptions:
     # /metrics request blocks vLLM's API server while it renders: on the tiny CPU model a
     # sample every 0.5 s stalled every stream for ~1 s and halved chat throughput.
     metrics_interval_s: float = 0.0
+    # Each timed repeat replays the workload this many times back to back (closed loop: the
+    # workers never wait for a pass to drain; open loop: pass k's arrivals are shifted by k
+    # schedule spans). A short workload's repeat ends with a few long requests draining
+    # almost alone, and that tail decides its throughput; more passes dilute the tail.
+    passes: int = 1
+    # Closed loop: keep starting further passes until the repeat has run this long (s),
+    # like perf_analyzer's measurement interval; 0 = exactly ``passes`` passes.
+    min_duration_s: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -112,6 +121,12 @@ def _plan(workload: Workload, options: BenchOptions) -> _Plan:
     replay = workload.replay
     if options.repeats < 1:
         raise BenchError(f"{workload.name}: repeats must be >= 1, got {options.repeats}")
+    if options.passes < 1:
+        raise BenchError(f"{workload.name}: passes must be >= 1, got {options.passes}")
+    if options.min_duration_s < 0:
+        raise BenchError(
+            f"{workload.name}: min_duration_s must be >= 0, got {options.min_duration_s}"
+        )
     # An explicit request rate turns any workload into an open loop at that rate.
     mode: Literal["closed", "open"] = "open" if options.request_rate is not None else workload.mode
     rate = options.request_rate if options.request_rate is not None else replay.request_rate
@@ -497,20 +512,57 @@ async def _run_tasks(tasks: list[asyncio.Task[Any]]) -> None:
 
 
 async def _closed_loop(
-    client: _Client, preps: Sequence[_Prepared], concurrency: int, meter: _ProgressMeter
+    client: _Client,
+    preps: Sequence[_Prepared],
+    concurrency: int,
+    meter: _ProgressMeter,
+    passes: int = 1,
+    min_duration_s: float = 0.0,
 ) -> list[RequestRecord]:
-    records: list[RequestRecord | None] = [None] * len(preps)
-    queue = iter(enumerate(preps))  # shared: workers take requests in file order
+    n = len(preps)
+    records: dict[int, RequestRecord] = {}
+    start = time.perf_counter()
+
+    def jobs() -> Iterator[tuple[int, _Prepared]]:
+        # One queue shared by the workers, in file order, pass after pass: a worker that
+        # finishes pass k's last requests goes straight on to pass k + 1's first ones.
+        k = 0
+        while k < passes or (min_duration_s > 0 and time.perf_counter() - start < min_duration_s):
+            if k >= passes:  # an extra pass for min_duration_s
+                meter.total += n
+            for i, prep in enumerate(preps):
+                yield k * n + i, prep
+            k += 1
+
+    queue = jobs()
+    meter.total = n * passes
 
     async def worker() -> None:
-        for i, prep in queue:
+        for slot, prep in queue:
             rec = await client.stream(prep)
-            records[i] = rec
+            records[slot] = rec
             meter.tick(rec)
 
-    workers = [asyncio.create_task(worker()) for _ in range(min(concurrency, len(preps)))]
+    workers = [asyncio.create_task(worker()) for _ in range(min(concurrency, n * passes))]
     await _run_tasks(workers)
-    return [r for r in records if r is not None]
+    return [records[k] for k in sorted(records)]
+
+
+def _repeat_offsets(offsets: Sequence[float], passes: int, min_duration_s: float) -> list[float]:
+    """Open-loop send offsets of ``passes`` back-to-back passes over one pass's ``offsets``.
+
+    Pass k is pass 0 shifted by k spans; a span is the last offset plus the mean gap, so the
+    passes join at the schedule's own rate. ``min_duration_s`` adds passes until the planned
+    schedule covers it.
+    """
+    n = len(offsets)
+    if not n:
+        return []
+    first, last = min(offsets), max(offsets)
+    span = last + ((last - first) / (n - 1) if n > 1 else 0.0)
+    if min_duration_s > 0 and span > 0:
+        passes = max(passes, math.ceil(min_duration_s / span))
+    return [k * span + t for k in range(passes) for t in offsets]
 
 
 async def _open_loop(
@@ -632,6 +684,9 @@ async def _run(
             )
 
     offsets = _schedule(requests, plan, options.request_rate) if plan.mode == "open" else []
+    if offsets and (options.passes > 1 or options.min_duration_s > 0):
+        offsets = _repeat_offsets(offsets, options.passes, options.min_duration_s)
+    open_preps = [preps[i % len(preps)] for i in range(len(offsets))]
     slo = workload.replay.slo
     slo_arg = None if slo is None or slo.is_empty() else slo
 
@@ -652,9 +707,12 @@ async def _run(
         meter = _ProgressMeter(on_progress, "repeat", rep, plan.repeats, len(preps))
         try:
             if plan.mode == "closed":
-                records = await _closed_loop(client, preps, plan.concurrency, meter)
+                records = await _closed_loop(
+                    client, preps, plan.concurrency, meter, options.passes, options.min_duration_s
+                )
             else:
-                records = await _open_loop(client, preps, offsets, plan.max_concurrency, meter)
+                meter.total = len(open_preps)
+                records = await _open_loop(client, open_preps, offsets, plan.max_concurrency, meter)
         finally:
             if sampler is not None:
                 sampler.cancel()
@@ -664,6 +722,11 @@ async def _run(
         first_send = min(r.send_time for r in records)
         last_finish = max(r.finish_time or r.send_time for r in records)
         summary = RepeatSummary.from_records(records, last_finish - first_send, slo_arg)
+        summary.passes = len(records) // len(preps)
+        if plan.mode == "closed":
+            steady = steady_state(records)
+            if steady is not None:
+                summary.steady_output_throughput, summary.steady_window_s = steady
         delta = (
             ServerMetricsDelta.between(before, after, kv)
             if before is not None and after is not None

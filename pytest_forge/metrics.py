@@ -22,6 +22,7 @@ KV-cache usage samples taken during it.
 
 from __future__ import annotations
 
+import bisect
 import math
 import statistics
 from collections import Counter
@@ -109,6 +110,38 @@ def _meets_slo(record: RequestRecord, slo: SLO) -> bool:
     return not (slo.e2el_p99_ms is not None and (record.e2el or 0.0) * MS > slo.e2el_p99_ms)
 
 
+def steady_state(records: Sequence[RequestRecord]) -> tuple[float, float] | None:
+    """(output tok/s, window s) of a closed-loop repeat while all its workers were busy.
+
+    The window runs from the first send to the first finish after the last send: until the
+    last request goes out every finishing worker takes the next one at once, after it the
+    workers go idle one by one. Tokens are the token chunks that arrived inside the window,
+    each weighted by its request's usage tokens per chunk. None when nothing succeeded or
+    the window is empty.
+    """
+    if not records:
+        return None
+    start = min(r.send_time for r in records)
+    last_send = max(r.send_time for r in records)
+    later = [f for r in records if (f := r.finish_time or r.send_time) > last_send]
+    end = min(later) if later else last_send
+    window = end - start
+    if window <= 0:
+        return None
+    tokens = 0.0
+    counted = False
+    for r in records:
+        times = r.chunk_times
+        if not r.success or not times or not r.output_tokens:
+            continue
+        counted = True
+        inside = bisect.bisect_right(times, end) - bisect.bisect_left(times, start)
+        tokens += inside * r.output_tokens / len(times)
+    if not counted:
+        return None
+    return tokens / window, window
+
+
 @dataclass
 class RepeatSummary:
     """One timed pass over the workload, like vLLM's ``BenchmarkMetrics``."""
@@ -147,6 +180,10 @@ class RepeatSummary:
     e2el_p90_ms: float | None = None
     e2el_p99_ms: float | None = None
     errors: dict[str, int] = field(default_factory=dict)  # error text -> count
+    # Reported beside vLLM's figures, never instead (see steady_state):
+    passes: int = 1  # passes over the workload this repeat replayed
+    steady_output_throughput: float | None = None  # closed loop: tok/s while all users busy
+    steady_window_s: float | None = None  # that window
 
     @classmethod
     def from_records(

@@ -368,6 +368,10 @@ def pytest_terminal_summary(
     if results:
         terminalreporter.write_sep("=", "pytest-forge summary")
         terminalreporter.write_line(report.versions_line(results))
+        for label in sorted(
+            {r.verdict.reference_label for r in results if r.verdict.reference_label}
+        ):
+            terminalreporter.write_line(f"A/B: {label}")
         table = report.format_table(report.SUMMARY_HEADER, report.summary_rows(results))
         for line in table.splitlines():
             terminalreporter.write_line(line)

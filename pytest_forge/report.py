@@ -205,9 +205,10 @@ def format_table(header: list[str], rows: list[list[str]]) -> str:
 def versions_line(results: list[CaseResult]) -> str:
     nows = {r.verdict.vllm_now for r in results if r.verdict.vllm_now}
     thens = {r.verdict.baseline.measured_with.vllm for r in results if r.verdict.baseline}
+    thens |= {r.verdict.vllm_reference for r in results if r.verdict.vllm_reference}
     now = ", ".join(sorted(nows)) or "unknown"
     if thens and thens != nows:
-        return f"vLLM now: {now}; baselines measured with vLLM {', '.join(sorted(thens))}"
+        return f"vLLM now: {now}; references measured with vLLM {', '.join(sorted(thens))}"
     return f"vLLM {now}"
 
 

@@ -31,6 +31,7 @@ from typing import IO, Any, Literal, Protocol
 
 import httpx
 
+from pytest_forge.cpu_affinity import pin_engine_core
 from pytest_forge.endpoint import Endpoint
 from pytest_forge.errors import ForgeError, ServerError
 from pytest_forge.tiny_model import resolve_model
@@ -329,6 +330,7 @@ class VllmServer:
         self.command: list[str] | None = None
         self.log_path: Path | None = None
         self.boot_seconds: float | None = None
+        self.placement: str | None = None  # what cpu_affinity changed after the boot
         self.endpoint: Endpoint | None = None
         self._proc: subprocess.Popen[bytes] | None = None
         self._log_file: IO[bytes] | None = None
@@ -496,6 +498,11 @@ class VllmServer:
             base_url,
             self.boot_seconds,
         )
+        if _vendor(self.recipe) == "cpu":
+            # The largest source of run-to-run spread on the CPU path (cpu_affinity.py).
+            self.placement = pin_engine_core(proc.pid)
+            if self.placement:
+                log.info("pytest-forge: %s", self.placement)
         self.endpoint = Endpoint(base_url, model=self.served_model_name, managed=True)
         return self.endpoint
 

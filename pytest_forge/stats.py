@@ -21,7 +21,8 @@ side of 1. "pass" therefore claims, with confidence, that any regression is with
 
 Cases (`method` names the one used):
 
-- unpaired, >= 2 values each side: Welch t on log values (unequal variances).
+- unpaired, >= 2 values each side: Student t on log values with the variance pooled over
+  both sides (the runner's noise, shared by both), so added repeats narrow the interval.
 - unpaired, one reference value (old baselines kept only the median): the reference is
   taken as exact and the interval is a one-sample t of log(current) - log(reference). This
   ignores the reference's own noise, so it is anti-conservative when that noise matters.
@@ -113,11 +114,15 @@ def compare_unpaired(
     (ref_mean, ref_var), (cur_mean, cur_var) = _mean_var(ref), _mean_var(cur)
     n_ref, n_cur = len(ref), len(cur)
     if n_ref >= 2 and n_cur >= 2:
-        a, b = cur_var / n_cur, ref_var / n_ref
-        se = math.sqrt(a + b)
-        # Welch-Satterthwaite degrees of freedom; a zero-variance side contributes nothing.
-        df = (a + b) ** 2 / (a * a / (n_cur - 1) + b * b / (n_ref - 1)) if se else 1.0
-        method = "Welch t on log values"
+        # Student's t with the variance pooled over both sides: a repeat's noise is a
+        # property of the runner class and the workload, which both sides share. Welch's
+        # separate variances would leave the interval as wide as a 2- or 3-repeat baseline
+        # allows (df ~ 1-2, t ~ 4-13) however many repeats the current run adds; pooled, the
+        # added repeats narrow it (df = n_ref + n_cur - 2).
+        df = n_ref + n_cur - 2.0
+        pooled = ((n_ref - 1) * ref_var + (n_cur - 1) * cur_var) / df
+        se = math.sqrt(pooled * (1.0 / n_ref + 1.0 / n_cur))
+        method = "pooled t on log values"
     elif n_cur >= 2:
         se, df = math.sqrt(cur_var / n_cur), n_cur - 1.0
         method = "one-sample t on log values vs a fixed reference"

@@ -433,6 +433,32 @@ def make_bursty(
     ]
 
 
+def make_steady(rng: random.Random, n: int = 128, tokens: int = 128) -> list[Request]:
+    """Many users asking at once, every answer the same length: a steady load for A/B gates.
+
+    Equal output lengths make a closed-loop repeat end in one last wave instead of a few long
+    requests draining alone, which is what made chat's throughput swing from run to run.
+    Prompts are distinct (question + a distinct excerpt), so prefix caching does not flatter.
+    """
+    pool = QUESTIONS + CODING_TASKS + OTHER_TASKS
+    requests: list[Request] = []
+    seen: set[str] = set()
+    while len(requests) < n:
+        prompt = f"{rng.choice(pool)}\n\nContext: {_document(rng, rng.randint(1, 3))}"
+        if prompt in seen:
+            continue
+        seen.add(prompt)
+        requests.append(
+            {
+                "id": f"steady-{len(requests) + 1:03d}",
+                "prompt": prompt,
+                "expected_output_tokens": tokens,
+                "metadata": {"task": "steady"},
+            }
+        )
+    return requests
+
+
 def _arithmetic(rng: random.Random) -> tuple[str, str]:
     op = rng.choice(["+", "-", "*"])
     if op == "*":
@@ -474,6 +500,7 @@ BUILDERS: dict[str, Callable[[random.Random], list[Request]]] = {
     "shared-prefix": make_shared_prefix,
     "bursty": make_bursty,
     "accuracy": make_accuracy,
+    "steady": make_steady,
 }
 
 

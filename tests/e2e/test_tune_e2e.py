@@ -70,7 +70,7 @@ def test_tune_with_the_playbook_agent_then_gate(tiny_model_dir: Path, tmp_path: 
         # The gate passes against the new baselines. Tolerance 0.8: mini-chat (16 requests
         # per repeat) has measured 55% below the winner's own confirmation run on these
         # 2 shared cores; the mechanism is what is tested, not the CPU's steadiness.
-        gate = run_pytest(root, "--forge-tolerance=0.8")
+        gate = run_pytest(root, "--forge-tolerance=0.8", "--forge-no-strict")
         assert gate.returncode == 0, gate.output[-4000:]
     else:
         assert recipe_path.read_text() == before
@@ -81,7 +81,7 @@ def test_xdist_two_workers_boot_each_recipe_once(tiny_model_dir: Path, tmp_path:
     root = make_project(tmp_path, recipe_ids=())
     write_tiny_recipe(root, "tiny-a", workloads=["mini-chat", "mini-accuracy"])
     write_tiny_recipe(root, "tiny-b", workloads=["mini-chat", "mini-accuracy"], max_num_seqs=64)
-    run = run_pytest(root, "-n", "2")
+    run = run_pytest(root, "-n", "2", "--forge-no-strict")  # no baselines: nothing to judge
     assert run.returncode == 0, run.output[-4000:]
     assert "4 passed" in run.output
     # the controller's summary merges both workers' results; each recipe booted once

@@ -20,6 +20,7 @@ from pytest_forge import bench
 from pytest_forge.bench import BenchOptions, Progress, arrival_times, run_bench
 from pytest_forge.endpoint import Endpoint
 from pytest_forge.errors import BenchError, ServerError
+from pytest_forge.metrics import RepeatSummary, RequestRecord, steady_state
 from pytest_forge.slo import SLO
 from pytest_forge.workload import Replay, Workload, WorkloadRequest
 
@@ -483,3 +484,113 @@ def test_sse_parser_reports_error_events() -> None:
     p.feed(b'data: {"error": {"message": "engine dead", "code": 500}}\n\n', 1.0)
     assert p.error == "server error in stream: engine dead"
     assert p.chunk_times == []
+
+
+# --- passes, minimum window, steady-state throughput -----------------------------------------
+
+
+def test_passes_replay_the_workload_back_to_back_in_one_repeat() -> None:
+    events: list[Progress] = []
+    wl = workload(5, 4, concurrency=2)
+    with running_fake_server() as srv:
+        m = run_bench(
+            Endpoint(srv.url), wl, BenchOptions(repeats=2, passes=3), on_progress=events.append
+        )
+        assert srv.stats.requests == 2 * 3 * 5
+        assert srv.stats.reset_calls == 2  # per repeat, not per pass
+    assert all(len(recs) == 15 for recs in m.records)
+    # In workload order, pass after pass.
+    assert [r.request_id for r in m.records[0]] == [f"q{i}" for i in range(5)] * 3
+    s = m.repeats[0]
+    assert isinstance(s, RepeatSummary)
+    assert s.passes == 3 and s.completed == 15 and s.total_output_tokens == 60
+    # vLLM's definition is untouched: all tokens over first send -> last finish.
+    first = min(r.send_time for r in m.records[0])
+    last = max(r.finish_time or 0.0 for r in m.records[0])
+    assert s.duration_s == pytest.approx(last - first)
+    assert s.output_throughput == pytest.approx(60 / s.duration_s)
+    last_of = {e.repeat: e for e in events if e.phase == "repeat"}
+    assert all((e.done, e.total) == (15, 15) for e in last_of.values())
+
+
+def test_min_duration_adds_whole_passes_until_the_window_is_reached() -> None:
+    wl = workload(4, 5, concurrency=4)
+    with running_fake_server(token_delay_s=0.01) as srv:
+        m = run_bench(Endpoint(srv.url), wl, BenchOptions(repeats=1, min_duration_s=0.3))
+    s = m.repeats[0]
+    # One pass lasts ~0.05 s: more passes were started, whole ones only.
+    assert s.passes > 2 and s.completed == 4 * s.passes
+    assert s.duration_s >= 0.3
+
+
+def test_open_loop_passes_shift_the_schedule() -> None:
+    assert bench._repeat_offsets([0.0, 1.0, 2.0], 2, 0.0) == [0.0, 1.0, 2.0, 3.0, 4.0, 5.0]
+    assert bench._repeat_offsets([0.0, 1.0, 2.0], 1, 7.0) == [
+        k * 3.0 + t for k in range(3) for t in (0.0, 1.0, 2.0)
+    ]
+    assert bench._repeat_offsets([0.0], 3, 0.0) == [0.0, 0.0, 0.0]
+    wl = workload(3, 2, offsets=[0.0, 0.05, 0.1])
+    with running_fake_server() as srv:
+        m = run_bench(Endpoint(srv.url), wl, BenchOptions(repeats=1, passes=2))
+        assert srv.stats.requests == 6
+    sends = [r.send_time for r in m.records[0]]
+    assert sends[3] - sends[0] == pytest.approx(0.15, abs=0.04)
+    s = m.repeats[0]
+    assert s.passes == 2 and s.steady_output_throughput is None  # closed loop only
+
+
+@pytest.mark.parametrize("field", ["passes", "min_duration_s"])
+def test_passes_and_min_duration_are_validated(field: str) -> None:
+    bad = {"passes": 0, "min_duration_s": -1.0}[field]
+    with pytest.raises(BenchError, match=field):
+        bench._plan(workload(2), BenchOptions(**{field: bad}))
+
+
+def _rec(send: float, chunks: list[float], tokens: int, finish: float) -> RequestRecord:
+    return RequestRecord(
+        request_id="r",
+        send_time=send,
+        chunk_times=chunks,
+        ttft=chunks[0] - send,
+        e2el=chunks[-1] - send,
+        prompt_tokens=1,
+        output_tokens=tokens,
+        output_text="",
+        error=None,
+        finish_time=finish,
+    )
+
+
+def test_steady_state_window_ends_when_the_first_worker_goes_idle() -> None:
+    # Two workers: A runs r1 [0, 2] then r3 [2, 3]; B runs r2 [0, 6] alone at the end.
+    r1 = _rec(0.0, [0.5, 1.0, 1.5, 2.0], 4, 2.0)
+    r2 = _rec(0.0, [1.0 * i for i in range(1, 7)], 6, 6.0)
+    r3 = _rec(2.0, [2.5, 3.0], 4, 3.0)  # 2 tokens per chunk
+    rate, window = steady_state([r1, r2, r3])
+    # Window: first send (0) -> first finish after the last send (r3 at 3.0).
+    assert window == pytest.approx(3.0)
+    # Tokens inside: r1 4, r2 3 (chunks at 1, 2, 3), r3 2 chunks x 2 tokens.
+    assert rate == pytest.approx((4 + 3 + 4) / 3.0)
+    # The headline keeps vLLM's definition: the drain (r2 alone until 6 s) counts there.
+    summary = RepeatSummary.from_records([r1, r2, r3], 6.0)
+    assert summary.output_throughput == pytest.approx(14 / 6.0)
+
+
+def test_steady_state_without_successes_or_window() -> None:
+    assert steady_state([]) is None
+    failed = _rec(0.0, [0.5], 1, 1.0)
+    failed.error = "boom"
+    assert steady_state([failed]) is None
+    assert steady_state([_rec(1.0, [1.0], 1, 1.0)]) is None  # empty window
+
+
+def test_closed_loop_repeats_carry_steady_state_beside_the_headline() -> None:
+    wl = workload(12, 6, concurrency=3)
+    with running_fake_server(token_delay_s=0.002) as srv:
+        m = run_bench(Endpoint(srv.url), wl, BenchOptions(repeats=1))
+    s = m.repeats[0]
+    assert s.steady_output_throughput is not None and s.steady_output_throughput > 0
+    assert s.steady_window_s is not None and 0 < s.steady_window_s <= s.duration_s
+    data = m.to_dict()["repeats"][0]
+    assert data["output_throughput"] == s.output_throughput
+    assert data["steady_output_throughput"] == s.steady_output_throughput

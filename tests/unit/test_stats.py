@@ -170,11 +170,11 @@ def test_intervals_match_scipy_t_tests(confidence: float) -> None:
     rng = np.random.default_rng(3)
     ref, cur = lognormal(rng, 0.05, (5,)) * 100, lognormal(rng, 0.08, (4,)) * 93
     got = compare_unpaired(ref, cur, higher_is_better=True, tolerance=TOL, confidence=confidence)
-    welch = scipy_stats.ttest_ind(np.log(cur), np.log(ref), equal_var=False)
-    low, high = np.exp(welch.confidence_interval(confidence_level=confidence))
+    student = scipy_stats.ttest_ind(np.log(cur), np.log(ref), equal_var=True)
+    low, high = np.exp(student.confidence_interval(confidence_level=confidence))
     assert (got.ci_low, got.ci_high) == pytest.approx((low, high), rel=1e-9)
     assert got.ratio == pytest.approx(np.exp(np.log(cur).mean() - np.log(ref).mean()))
-    assert got.method == "Welch t on log values"
+    assert got.method == "pooled t on log values"
 
     got = compare_paired(ref[:4], cur, higher_is_better=False, tolerance=TOL, confidence=confidence)
     one = scipy_stats.ttest_1samp(np.log(cur) - np.log(ref[:4]), 0.0)
@@ -228,11 +228,19 @@ def test_zero_variance_collapses_the_interval_to_the_point() -> None:
     got = compare_paired([100.0, 100.0], [104.0, 104.0], higher_is_better=False, tolerance=TOL)
     assert got.ci_low == got.ci_high == pytest.approx(1.04)
     assert got.outcome == "pass"
-    # Zero spread on one side only: Welch reduces to the other side's one-sample interval.
+    # Zero spread on one side only: the pooled spread still comes from the other side.
     cur = [90.0, 91.0, 89.0]
-    welch = compare_unpaired([100.0] * 4, cur, higher_is_better=True, tolerance=TOL)
-    fixed = compare_unpaired([100.0], cur, higher_is_better=True, tolerance=TOL)
-    assert (welch.ci_low, welch.ci_high) == pytest.approx((fixed.ci_low, fixed.ci_high))
+    pooled = compare_unpaired([100.0] * 4, cur, higher_is_better=True, tolerance=TOL)
+    assert pooled.ci_low < pooled.ratio < pooled.ci_high < 0.95
+    assert pooled.outcome == "fail"
+
+
+def test_added_repeats_narrow_the_interval_despite_a_small_noisy_baseline() -> None:
+    # A 2-repeat baseline with a wild repeat: more current repeats must still settle it.
+    ref = [100.0, 160.0]
+    few = compare_unpaired(ref, [120.0, 125.0], higher_is_better=True, tolerance=TOL)
+    many = compare_unpaired(ref, [120.0, 125.0] * 5, higher_is_better=True, tolerance=TOL)
+    assert (many.ci_high - many.ci_low) < 0.5 * (few.ci_high - few.ci_low)
 
 
 def test_paired_lengths_must_match() -> None:
@@ -293,7 +301,7 @@ def test_lower_is_better_mirrors_higher_is_better(seed: int) -> None:
         assert lo.ratio == pytest.approx(1 / hi.ratio)
         assert (lo.ci_low, lo.ci_high) == pytest.approx((1 / hi.ci_high, 1 / hi.ci_low))
         assert lo.outcome == hi.outcome
-    # Swapping the arms inverts the ratio too (Welch is symmetric).
+    # Swapping the arms inverts the ratio too (the pooled t is symmetric).
     ab = compare_unpaired(ref, cur, higher_is_better=True, tolerance=TOL)
     ba = compare_unpaired(cur, ref, higher_is_better=True, tolerance=TOL)
     assert (ba.ci_low, ba.ci_high) == pytest.approx((1 / ab.ci_high, 1 / ab.ci_low))

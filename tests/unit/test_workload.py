@@ -297,7 +297,7 @@ def test_loader_is_fast_on_10k_lines(tmp_path: Path) -> None:
 
 def test_bundled_workloads_load_with_expected_shape() -> None:
     found = discover_workloads(BUNDLED)
-    assert set(found) == {"chat", "shared-prefix", "bursty", "accuracy"}
+    assert set(found) == {"chat", "shared-prefix", "bursty", "accuracy", "steady"}
     loaded = {name: load_workload(path) for name, path in found.items()}
 
     chat = loaded["chat"]
@@ -327,6 +327,11 @@ def test_bundled_workloads_load_with_expected_shape() -> None:
     assert (acc.replay.accuracy.scorer, acc.replay.accuracy.floor) == ("contains", 0.8)
     assert all(8 <= r.expected_output_tokens <= 16 for r in acc)
 
+    steady = loaded["steady"]
+    assert len(steady) == 128 and steady.mode == "closed" and steady.replay.concurrency == 32
+    assert {r.expected_output_tokens for r in steady} == {128}  # one last wave, no tail
+    assert len({r.prompt for r in steady}) == 128  # prefix caching cannot flatter it
+
     for w in loaded.values():
         assert all(r.prompt and r.messages is None for r in w)
         # Budget for the tiny model: ~1.4 chars/token on its 512-token BPE, pessimistically.
@@ -341,6 +346,6 @@ def test_bundled_generator_is_deterministic(tmp_path: Path) -> None:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     module.main(tmp_path)
-    for name in ("chat", "shared-prefix", "bursty", "accuracy"):
+    for name in ("chat", "shared-prefix", "bursty", "accuracy", "steady"):
         generated = (tmp_path / f"{name}.jsonl").read_text()
         assert generated == (BUNDLED / f"{name}.jsonl").read_text(), name
