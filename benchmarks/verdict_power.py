@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--trials", type=int, default=10)
     parser.add_argument("--change", default="config.max_num_seqs=8", help="dotted.key=YAML value")
     parser.add_argument("--tolerance", type=float, default=None, help="default: the recipe's")
-    parser.add_argument("--max-repeats", type=int, default=10)
+    parser.add_argument("--max-repeats", type=int, default=None, help="default: the gate's")
     parser.add_argument("--out", default=str(ROOT / ".forge" / "bench" / "verdict_power.jsonl"))
     args = parser.parse_args(argv)
 
@@ -110,7 +110,12 @@ def main(argv: list[str] | None = None) -> int:
                 name = a if side == "A" else b
                 fresh = not warm[side]
                 warm[side] = True
-                return SideEndpoint(endpoints[name], servers[name].check_alive, fresh=fresh)
+                return SideEndpoint(
+                    endpoints[name],
+                    servers[name].check_alive,
+                    fresh=fresh,
+                    settle=servers[name].wait_until_idle,
+                )
 
             return get
 

@@ -44,6 +44,9 @@ class SideEndpoint:
     endpoint: Endpoint
     health_check: Callable[[], None] | None
     fresh: bool
+    # Returns once the side's server has settled after a repeat, so the other side's next
+    # repeat does not share the CPU with its wind-down (vLLM's CPU worker spins ~1 s).
+    settle: Callable[[], object] | None = None
 
 
 EndpointProvider = Callable[[Side], SideEndpoint]
@@ -141,6 +144,8 @@ def run_ab_case(
             health_check=where.health_check,
         )
         warmed.add(side)
+        if where.settle is not None:
+            where.settle()
         before = measured[side]
         measured[side] = m if before is None else before.extended(m)
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import time
 from pathlib import Path
 
 ENGINE_CORE = "EngineCor"  # /proc/<pid>/comm is cut to 15 chars: "VLLM::EngineCor"
@@ -67,3 +68,36 @@ def pin_engine_core(pgid: int) -> str | None:
     for pid in engines:
         set_affinity(pid, worker_cpus)
     return f"EngineCore pid(s) {engines} pinned to the model worker's CPUs {sorted(worker_cpus)}"
+
+
+def group_cpu_seconds(pgid: int) -> float:
+    """CPU time (user + system, all threads) used so far by the processes of a group."""
+    ticks = 0
+    for pids in processes_by_name(pgid).values():
+        for pid in pids:
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+                ticks += int(fields[11]) + int(fields[12])
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def wait_until_idle(
+    pgid: int, *, timeout_s: float = 5.0, interval_s: float = 0.2, busy: float = 0.05
+) -> float:
+    """Wait until a process group uses under ``busy`` of a core; the seconds waited.
+
+    After a burst of work vLLM's CPU worker keeps spinning for about a second (measured:
+    0.32 core over the 3 s after a repeat). In an A/B round the other side's repeat would
+    share the worker's core with that spin, so each side waits for the last one to settle.
+    """
+    if not Path("/proc").is_dir():
+        return 0.0
+    start = time.monotonic()
+    before = group_cpu_seconds(pgid)
+    while time.monotonic() - start < timeout_s:
+        time.sleep(interval_s)
+        now = group_cpu_seconds(pgid)
+        if now - before < busy * interval_s:
+            break
+        before = now
+    return time.monotonic() - start

@@ -192,6 +192,10 @@ class GateItem(pytest.Item):
         self.forge_case = {**case_to_dict(result), "booted": self.booted}
         if not result.verdict.passed:
             raise ForgeFailure(result.verdict.failure_message())
+        self._require_judged(result)
+
+    def _require_judged(self, result: CaseResult) -> None:
+        """A result that passed without a verdict: say why, and fail it in strict mode."""
         if result.baseline_written or result.verdict.judged:
             return
         if result.verdict.status == "inconclusive":
@@ -203,7 +207,7 @@ class GateItem(pytest.Item):
             )
         else:
             self._not_judged(
-                f"{recipe.id} x {workload.name}: no committed baseline in {self.path}",
+                f"{result.recipe_id} x {result.workload}: no committed baseline in {self.path}",
                 f"record one on this runner class: pytest '{self.nodeid}' "
                 "--forge-update-baselines; or compare with a reference measured now: "
                 f"pytest '{self.nodeid}' --forge-ab-ref origin/main",
@@ -240,7 +244,8 @@ class GateItem(pytest.Item):
         from pytest_forge.ab import run_ab_case
 
         def endpoints(side: str) -> SideEndpoint:
-            progress.phase(f"side {side}")
+            if not session.ab_side_live(recipe, side):
+                progress.phase(f"booting side {side}")
             return session.ab_endpoint(recipe, reference, side)
 
         return run_ab_case(

@@ -35,7 +35,7 @@ if TYPE_CHECKING:
 
 
 DEFAULT_REPEATS = 3
-DEFAULT_MAX_REPEATS = 10
+DEFAULT_MAX_REPEATS = 20
 
 
 @dataclass(frozen=True)
@@ -237,7 +237,7 @@ def _score(
                 f"agreement with the previous recording was {accuracy.value:.3f}; "
                 "the outputs are re-recorded"
             )
-        accuracy = score_outputs(workload, measurement.outputs(), scorer, None)
+        accuracy = score_outputs(workload, measurement.outputs(), accuracy.scorer, None)
     return accuracy, notes
 
 

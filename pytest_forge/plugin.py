@@ -164,7 +164,14 @@ def _value(config: pytest.Config, ini: str, typ: Any) -> Any:
     value = config.getoption(ini)
     if value is None:
         raw = config.getini(ini)
-        value = None if raw in (None, "") else typ(raw)
+        try:
+            value = None if raw in (None, "") else typ(raw)
+        except ValueError:
+            # A typo in pytest.ini/pyproject.toml is a usage error, not an INTERNALERROR.
+            raise pytest.UsageError(
+                f"ini option {ini} = {raw!r}: expected "
+                + ("a number" if typ is float else "an integer")
+            ) from None
     return value
 
 
@@ -194,6 +201,24 @@ def _build_config(config: pytest.Config) -> ForgeConfig:
     python = values["forge_ab_python"]
     if python and not (shutil.which(python) or Path(python).is_file()):
         raise pytest.UsageError(f"--forge-ab-python {python}: no such interpreter")
+    if python and Path(python).is_file() and Path(python).absolute().parent == root:
+        # pytest took the separate value for its rootdir (and so lost the project's ini).
+        raise pytest.UsageError(
+            f"write --forge-ab-python={python} (with '='): as a separate argument pytest "
+            f"also took it as a path and chose {root} as its rootdir"
+        )
+    from pytest_forge.tune.objective import OBJECTIVES
+
+    objective = values["forge_objective"] or "throughput"
+    if objective not in OBJECTIVES:
+        raise pytest.UsageError(
+            f"--forge-objective {objective!r}: choose one of {', '.join(OBJECTIVES)}"
+        )
+    for key in ("forge_recipes", "forge_workloads"):
+        given = config.getoption(key)  # only when asked for: the default may well be absent
+        if given is not None and not (root / given).is_dir():
+            flag = "--" + key.replace("_", "-")
+            raise pytest.UsageError(f"{flag} {given}: no such directory under {root}")
     max_repeats = values["forge_max_repeats"]
     if max_repeats is not None and max_repeats < 1:
         raise pytest.UsageError(f"--forge-max-repeats must be >= 1, got {max_repeats}")
@@ -223,7 +248,7 @@ def _build_config(config: pytest.Config) -> ForgeConfig:
         min_improvement=values["forge_min_improvement"]
         if values["forge_min_improvement"] is not None
         else 0.02,
-        objective=values["forge_objective"] or "throughput",
+        objective=objective,
         playbook=path("forge_playbook"),
         resume=flags["forge_resume"],
         patience=values["forge_patience"] or 3,

@@ -31,7 +31,7 @@ from typing import IO, Any, Literal, Protocol
 
 import httpx
 
-from pytest_forge.cpu_affinity import pin_engine_core
+from pytest_forge.cpu_affinity import pin_engine_core, wait_until_idle
 from pytest_forge.endpoint import Endpoint
 from pytest_forge.errors import ForgeError, ServerError
 from pytest_forge.tiny_model import resolve_model
@@ -536,6 +536,11 @@ class VllmServer:
         except (httpx.HTTPError, ValueError, AttributeError) as exc:
             return False, f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
         return True, "ready"
+
+    def wait_until_idle(self) -> float:
+        """Wait until the server's processes stop using CPU (see cpu_affinity); seconds."""
+        pid = self.pid
+        return wait_until_idle(pid) if pid is not None and _vendor(self.recipe) == "cpu" else 0.0
 
     def check_alive(self) -> None:
         """Raise ServerError with the log tail if the server died since it booted."""

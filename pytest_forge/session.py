@@ -235,6 +235,9 @@ class ForgeSession:
     def reference_label(self, recipe: Recipe) -> str:
         return side_a_label(recipe, self.config.ab_ref, self.config.ab_python)
 
+    def ab_side_live(self, recipe_b: Recipe, side: str) -> bool:
+        return f"{recipe_b.path or recipe_b.id}#{side}" in self.live_servers
+
     def ab_endpoint(self, recipe_b: Recipe, recipe_a: Recipe, side: str) -> SideEndpoint:
         """The live server of one side, booted on demand. At level "boot" only one side of
         a recipe is up at a time: asking for the other stops this one first."""
@@ -245,7 +248,12 @@ class ForgeSession:
         booted = key not in self.live_servers
         python = self.config.ab_python if side == "A" and self.config.ab_python else None
         endpoint, server = self._boot(key, recipe_a if side == "A" else recipe_b, python)
-        return SideEndpoint(endpoint, server.check_alive if server else None, fresh=booted)
+        return SideEndpoint(
+            endpoint,
+            server.check_alive if server else None,
+            fresh=booted,
+            settle=server.wait_until_idle if server else None,
+        )
 
     def stop_server(self, recipe_key: str) -> None:
         """Stop the recipe's server(s): the gate's, and both sides of an A/B run."""

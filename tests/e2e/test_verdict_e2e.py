@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -47,11 +48,20 @@ def test_ab_same_recipe_passes_and_a_real_regression_fails(
     _git(root, "add", ".")
     _git(root, "commit", "-q", "-m", "the committed recipe")
 
-    # A/A: the working tree is the committed recipe. Throughput is judged at 25 % here: 16
-    # requests a repeat on 2 shared cores; benchmarks/ measures what the tolerance can be.
-    same = run_pytest(root, "--forge-ab-ref", "HEAD", "-k", "mini-chat", "--forge-tolerance=0.25")
+    # A/A: the working tree is the committed recipe, and side A's vLLM is started through
+    # --forge-ab-python (here the same interpreter; forge-upgrade.yml gives the old pin's).
+    # Throughput is judged at 25 % here: 16 requests a repeat on 2 shared cores;
+    # benchmarks/verdict_power.py measures what the tolerance can be on a steady workload.
+    same = run_pytest(
+        root,
+        "--forge-ab-ref=HEAD",
+        f"--forge-ab-python={sys.executable}",
+        "-k",
+        "mini-chat",
+        "--forge-tolerance=0.25",
+    )
     assert same.returncode == 0, same.output[-4000:]
-    assert "A = recipe tiny-llama-cpu at HEAD" in same.output
+    assert f"A = recipe tiny-llama-cpu at HEAD with vLLM from {sys.executable}" in same.output
     assert "forge: 2 vLLM server boot(s)" in same.output  # A and B, both up at once
     row = _results(root)["results"][0]
     assert row["reference"] == "ab" and row["verdict"] == "pass"

@@ -21,7 +21,7 @@ from pytest_forge.pipeline import CaseResult, GateOptions, run_case
 from pytest_forge.recipe import Recipe
 from pytest_forge.workload import Workload, load_workload
 from tests.fakes.fake_openai_server import FakeServer, running_fake_server
-from tests.unit.test_plugin import CACHE, SIDE, _workload
+from tests.unit.test_plugin import CACHE, SIDE, _run, _workload
 
 pytest_plugins = ["pytester"]
 
@@ -55,12 +55,6 @@ def project(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> pytes
     (pytester.path / "workloads" / "short.jsonl").write_text(_workload(6))
     (pytester.path / "workloads" / "short.yaml").write_text(SIDE)
     return pytester
-
-
-def _run(project: pytest.Pytester, fake: FakeServer, *args: str) -> pytest.RunResult:
-    return project.runpytest_subprocess(
-        "-p", "no:cacheprovider", f"--forge-endpoint={fake.url}", *args
-    )
 
 
 def _results_json(project: pytest.Pytester) -> dict:
@@ -320,3 +314,17 @@ def test_baseline_samples_are_written_on_one_line_each(
     samples = data["baselines"]["short"]["samples"]
     assert len(samples["output_throughput"]) == data["baselines"]["short"]["repeats"] == 2
     assert "ttft_p99_ms" in samples and "tpot_p50_ms" in samples
+
+
+def test_bad_option_values_are_usage_errors_at_start_up(project: pytest.Pytester) -> None:
+    ini_file = project.makeini("[pytest]\nforge_repeats = abc\n")
+    ini = project.runpytest_subprocess()
+    assert ini.ret == pytest.ExitCode.USAGE_ERROR
+    assert "forge_repeats = 'abc': expected an integer" in ini.stderr.str()
+    ini_file.unlink()
+    objective = project.runpytest_subprocess("--forge-objective=speed")
+    assert objective.ret == pytest.ExitCode.USAGE_ERROR
+    assert "throughput, goodput, latency" in objective.stderr.str()
+    missing = project.runpytest_subprocess("--forge-recipes=nonexistent")
+    assert missing.ret == pytest.ExitCode.USAGE_ERROR
+    assert "--forge-recipes nonexistent: no such directory" in missing.stderr.str()

@@ -366,7 +366,8 @@ def test_gate_pull_request_step_compares_with_where_the_base_meets_the_pr(
     assert code == 0, out
     args = [line[4:] for line in out.splitlines() if line.startswith("arg:")]
     # Not origin/main's tip: main moved on after the pull request branched off.
-    assert args[:2] == ["--forge-ab-ref", base]
+    # "--opt=value": pytest would take a separate value that is a path for its rootdir.
+    assert args[0] == f"--forge-ab-ref={base}"
     code, out, _ = run_step(step_running(gate, "--forge-ab-ref"), repo, {"BASE_REF": "gone"})
     assert code != 0 and "arg:" not in out, "an unknown base must fail, not gate nothing"
 
@@ -540,7 +541,8 @@ def test_upgrade_runs_the_new_pin_against_the_old_in_a_second_venv() -> None:
     gate = step_running(upgrade, "--forge-ab-python")
     args = shlex.split(gate["run"])
     assert args[0] == ".venv/bin/pytest"
-    assert args[args.index("--forge-ab-python") + 1].endswith("/.venv-ref/bin/python")
+    (python,) = [a for a in args if a.startswith("--forge-ab-python=")]
+    assert python.endswith("/.venv-ref/bin/python")
     assert "--forge-ab-ref" not in args, "one variable at a time: the recipes are the same"
     (upload,) = uses(upgrade, "actions/upload-artifact")
     order = [steps(upgrade).index(s) for s in (checkout, setup, ref, gate, upload)]
