@@ -21,7 +21,6 @@ import importlib
 import math
 import os
 import re
-import statistics
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,8 +28,13 @@ from typing import TYPE_CHECKING, Any
 
 from pytest_forge import __version__
 from pytest_forge.errors import ForgeError
-from pytest_forge.metric_registry import JUDGED_BY_NAME, THROUGHPUT
-from pytest_forge.report import SUMMARY_HEADER, interval_text, summary_rows
+from pytest_forge.report import (
+    COMPARISON_HEADER,
+    SUMMARY_HEADER,
+    comparison_rows,
+    interval_text,
+    summary_rows,
+)
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -598,49 +602,18 @@ _NUMERIC_COLUMNS = {
 }
 
 
-def _bound(value: float | None) -> str:
-    return "inf" if value is None else f"{value:.3f}"
-
-
 def _comparisons_html(results: Sequence[CaseResult]) -> str:
     """Per judged metric: the reference (baseline or A), now (B), the ratio and interval."""
-    rows = []
-    for r in results:
-        ref_word, now_word = ("A", "B") if r.verdict.mode == "ab" else ("baseline", "now")
-        for check in r.verdict.checks:
-            c = check.comparison
-            if c is None:
-                continue
-            name = THROUGHPUT.name if check.name == "throughput" else check.name
-            spec = JUDGED_BY_NAME[name]
-            now = r.measurement.median(name)
-            if r.reference is not None:
-                ref = r.reference.median(name)
-            else:
-                values = r.verdict.baseline.values(name) if r.verdict.baseline else []
-                ref = statistics.median(values) if values else None
-            cells = [
-                f"{r.recipe_id} / {r.workload}",
-                name,
-                f"{ref_word} {spec.format(ref)}",
-                f"{now_word} {spec.format(now)}",
-                f"{c['ratio']:.3f} [{_bound(c['ci_low'])}, {_bound(c['ci_high'])}]",
-                f"{c['tolerance']:.0%}",
-                c["outcome"],
-            ]
-            rows.append("<tr>" + "".join(f"<td>{_esc(str(x))}</td>" for x in cells) + "</tr>")
+    rows = comparison_rows(results)
     if not rows:
         return ""
-    head = "".join(
-        f"<th>{h}</th>"
-        for h in ("case", "metric", "reference", "measured", "ratio [95% CI]", "tolerance", "")
-    )
+    head = "".join(f"<th>{_esc(h)}</th>" for h in COMPARISON_HEADER)
+    body = ["<tr>" + "".join(f"<td>{_esc(x)}</td>" for x in row) + "</tr>" for row in rows]
     return (
         "<h2>Against the reference</h2>\n<table>\n<tr>"
         + head
         + "</tr>\n"
-        + "\n".join(rows)
-        + "\n</table>"
+        + ("\n".join(body) + "\n</table>")
     )
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import statistics
 import sys
 import time
 from collections.abc import Iterable, Sequence
@@ -15,6 +16,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
+
+from pytest_forge.metric_registry import JUDGED_BY_NAME, THROUGHPUT
 
 if TYPE_CHECKING:
     from pytest_forge.bench import Progress
@@ -156,6 +159,42 @@ def interval_text(comparison: dict[str, Any]) -> str:
     return f"{comparison['ratio'] - 1:+.1%} [{low}, {pct(comparison['ci_high'], 'inf')}]"
 
 
+COMPARISON_HEADER = ["case", "metric", "reference", "measured", "ratio [95% CI]", "tolerance", ""]
+
+
+def comparison_rows(results: Iterable[CaseResult]) -> list[list[str]]:
+    """One row per judged metric: the reference (baseline or A), now (B), ratio, interval."""
+    rows = []
+    for r in results:
+        ref_word, now_word = ("A", "B") if r.verdict.mode == "ab" else ("baseline", "now")
+        for check in r.verdict.checks:
+            c = check.comparison
+            if c is None:
+                continue
+            spec = JUDGED_BY_NAME[THROUGHPUT.name if check.name == "throughput" else check.name]
+            if r.reference is not None:
+                ref = r.reference.median(spec.name)
+            else:
+                values = r.verdict.baseline.values(spec.name) if r.verdict.baseline else []
+                ref = statistics.median(values) if values else None
+
+            def bound(x: float | None) -> str:
+                return "inf" if x is None else f"{x:.3f}"
+
+            rows.append(
+                [
+                    f"{r.recipe_id} / {r.workload}",
+                    spec.name,
+                    f"{ref_word} {spec.format(ref)}",
+                    f"{now_word} {spec.format(r.measurement.median(spec.name))}",
+                    f"{c['ratio']:.3f} [{bound(c['ci_low'])}, {bound(c['ci_high'])}]",
+                    f"{c['tolerance']:.0%}",
+                    str(c["outcome"]),
+                ]
+            )
+    return rows
+
+
 def judged_counts(
     results: Sequence[CaseResult], unmeasured: Sequence[Unmeasured]
 ) -> dict[str, int]:
@@ -243,6 +282,13 @@ def markdown_summary(
         for u in unmeasured:
             reason = unmeasured_reason(u).replace("|", "\\|")
             out.append(f"| `{u.test}` | {u.outcome.upper()} | {reason} |")
+    compared = comparison_rows(results)
+    if compared:
+        out += ["", "<details><summary>Against the reference, per metric</summary>", ""]
+        out.append("| " + " | ".join(COMPARISON_HEADER) + " |")
+        out.append("|" + "---|" * len(COMPARISON_HEADER))
+        out += ["| " + " | ".join(row) + " |" for row in compared]
+        out += ["", "</details>"]
     failures = [r for r in results if not r.verdict.passed]
     if failures:
         out += ["", "<details><summary>Failures</summary>", "", "```"]

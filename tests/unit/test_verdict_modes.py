@@ -19,6 +19,7 @@ from pytest_forge.endpoint import Endpoint
 from pytest_forge.errors import ForgeError
 from pytest_forge.pipeline import CaseResult, GateOptions, run_case
 from pytest_forge.recipe import Recipe
+from pytest_forge.report import markdown_summary
 from pytest_forge.workload import Workload, load_workload
 from tests.fakes.fake_openai_server import FakeServer, running_fake_server
 from tests.unit.test_plugin import CACHE, SIDE, _run, _workload
@@ -250,6 +251,12 @@ def test_ab_a_slower_side_b_fails_with_a_b_and_the_interval(tmp_path: Path) -> N
     assert "paired" in message and "CI" in message and "interleaved rounds" in message
     c = verdict.comparison()
     assert c is not None and c["ci_high"] < 0.95 and c["ratio"] < 0.8
+    # The step summary shows A, B, the ratio and its interval for every judged metric.
+    summary = markdown_summary([result])
+    assert "Against the reference, per metric" in summary
+    (row,) = [line for line in summary.splitlines() if "| output_throughput |" in line]
+    assert "| A " in row and "| B " in row and "[" in row and "| fail |" in row
+    assert sum("| alpha / w |" in line for line in summary.splitlines()) >= 5  # + latencies
 
 
 def test_ab_agreement_compares_b_with_a_from_the_same_run(tmp_path: Path) -> None:
