@@ -411,7 +411,8 @@ def pytest_terminal_summary(
                 "record baselines with --forge-update-baselines, or compare A/B with "
                 "--forge-ab-ref REF"
             )
-    if results or session.unmeasured:
+    if (results or session.unmeasured) and not session.config.tune:
+        # (A tune's rows are its winner's confirmation run, not gate tests: nothing to count.)
         counts = report.judged_counts(results, session.unmeasured)
         line = report.judged_line(counts, session.config.strict)
         loud = counts["not_judged"] and not session.config.strict
