@@ -303,6 +303,13 @@ def load_workload(path: Path | str) -> Workload:
     if not requests:
         raise WorkloadError(path, None, None, "workload has no requests (the file is empty)")
 
+    if any(r.arrival_offset_s is not None for r in requests):
+        # A trace that times some requests leaves the rest at the start: arrival_offset_s
+        # defaults to 0, as in the Forge tuner's workload format (seed 001).
+        requests = [
+            r if r.arrival_offset_s is not None else r.model_copy(update={"arrival_offset_s": 0.0})
+            for r in requests
+        ]
     sidecar = path.with_suffix(SIDECAR_SUFFIX)
     replay = load_replay(sidecar) if sidecar.is_file() else Replay()
     replay = _resolve_mode(replay, requests, path, sidecar)
@@ -321,14 +328,6 @@ def _resolve_mode(
     mode = replay.mode or _default_mode(requests)
     if mode == "open":
         missing = [r for r in requests if r.arrival_offset_s is None]
-        if missing and len(missing) < len(requests):
-            raise WorkloadError(
-                path,
-                missing[0].line,
-                "arrival_offset_s",
-                "open-loop workload: some requests have arrival_offset_s and this one has not "
-                "(set it on every request, or on none and use request_rate)",
-            )
         if missing and replay.request_rate is None:
             raise WorkloadError(
                 sidecar, _sidecar_line(sidecar, ("mode",)), "mode", _OPEN_NEEDS_ARRIVALS

@@ -114,9 +114,11 @@ def test_open_mode_without_arrivals_names_sidecar_mode(tmp_path: Path) -> None:
     assert "request_rate" in err.message
 
 
-def test_open_mode_partial_offsets_names_the_line(tmp_path: Path) -> None:
-    err = load_error(write(tmp_path, "w", [{**REQ, "arrival_offset_s": 0.0}, REQ]))
-    assert (err.line, err.field) == (2, "arrival_offset_s")
+def test_partial_offsets_with_a_request_rate_name_the_conflict(tmp_path: Path) -> None:
+    # Offsets default to 0 where missing (seed 001), so a rate on top is still ambiguous.
+    reqs = [{**REQ, "arrival_offset_s": 0.0}, REQ]
+    err = load_error(write(tmp_path, "w", reqs, sidecar="mode: open\nrequest_rate: 5\n"))
+    assert err.field == "request_rate" and "drop request_rate or the offsets" in str(err)
 
 
 def test_sidecar_values_are_read(tmp_path: Path) -> None:
@@ -349,3 +351,17 @@ def test_bundled_generator_is_deterministic(tmp_path: Path) -> None:
     for name in ("chat", "shared-prefix", "bursty", "accuracy", "steady"):
         generated = (tmp_path / f"{name}.jsonl").read_text()
         assert generated == (BUNDLED / f"{name}.jsonl").read_text(), name
+
+
+def test_arrival_offset_defaults_to_zero_when_some_requests_have_one(tmp_path: Path) -> None:
+    # The Forge workload format (seed 001) gives arrival_offset_s a default of 0.
+    path = tmp_path / "mixed.jsonl"
+    path.write_text(
+        '{"prompt": "a", "expected_output_tokens": 4}\n'
+        '{"prompt": "b", "expected_output_tokens": 4, "arrival_offset_s": 0.5}\n'
+        '{"prompt": "c", "expected_output_tokens": 4}\n'
+    )
+    workload = load_workload(path)
+    assert workload.mode == "open"
+    assert workload.arrival_offsets() == [0.0, 0.5, 0.0]
+    assert [r.line for r in workload.requests] == [1, 2, 3]
