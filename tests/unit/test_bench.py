@@ -150,7 +150,10 @@ def test_open_loop_follows_arrival_offsets() -> None:
     # Sending everything at once (or one after another) would give ratios near 1.
     assert 3.0 < gaps[3] / gaps[1] < 12.0
     assert 1.4 < gaps[2] / gaps[1] < 4.0
-    assert 3.0 < (arrivals[3] - arrivals[0]) / (arrivals[1] - arrivals[0]) < 12.0
+    # The server side: nothing arrives before its offset (a late connection set-up can
+    # delay one arrival, so only the lower bound is load-proof).
+    assert arrivals == sorted(arrivals)
+    assert arrivals[3] - arrivals[0] >= 0.6 - 0.05
 
 
 def test_open_loop_max_concurrency_caps_in_flight() -> None:
