@@ -6,16 +6,15 @@ from __future__ import annotations
 
 import difflib
 import json
-import os
 import re
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from pytest_forge.errors import ForgeError, WorkloadError
-from pytest_forge.workload import Workload, WorkloadRequest
+from pytest_forge.fileio import atomic_write
+from pytest_forge.workload import Workload, compile_reference_patterns
 
 SCORERS = ("exact", "contains", "regex", "agreement")
 REFERENCE_SCORERS = ("exact", "contains", "regex")
@@ -72,23 +71,6 @@ def score_agreement(output: str, recorded: str) -> float:
     if output == recorded:
         return 1.0
     return difflib.SequenceMatcher(None, output, recorded, autojunk=False).ratio()
-
-
-def _compile(request: WorkloadRequest, workload: Workload) -> re.Pattern[str]:
-    try:
-        return re.compile(request.reference or "")
-    except re.error as exc:
-        raise WorkloadError(
-            workload.path,
-            request.line,
-            "reference",
-            f"request '{request.id}': invalid regular expression {request.reference!r}: {exc}",
-        ) from None
-
-
-def compile_reference_patterns(workload: Workload) -> dict[str, re.Pattern[str]]:
-    """Each request's reference compiled as a regex; a bad one raises naming the request."""
-    return {r.id: _compile(r, workload) for r in workload.requests if r.reference is not None}
 
 
 _BY_TARGET: dict[str, Callable[[str, str], float]] = {
@@ -226,20 +208,11 @@ def save_recorded_outputs(
 ) -> Path:
     """Write the outputs atomically (temp file, fsync, rename), sorted by id for clean diffs."""
     path = recorded_outputs_path(recipe_path, workload_name)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as fh:
-            for request_id in sorted(outputs):
-                record = {"id": request_id, "text": outputs[request_id]}
-                fh.write(json.dumps(record, ensure_ascii=False) + "\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
-    return path
+    text = "".join(
+        json.dumps({"id": request_id, "text": outputs[request_id]}, ensure_ascii=False) + "\n"
+        for request_id in sorted(outputs)
+    )
+    return atomic_write(path, text)
 
 
 __all__ = [

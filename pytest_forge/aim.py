@@ -15,17 +15,19 @@ import os
 import re
 import shlex
 from collections.abc import Iterable, Mapping
-from io import StringIO
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import ValidationError
-from ruamel.yaml import YAML
-from ruamel.yaml.error import YAMLError
 from ruamel.yaml.scalarstring import DoubleQuotedScalarString
 
 from pytest_forge.errors import ForgeError, RecipeError
+from pytest_forge.gpu_models import normalise_gpu_name
 from pytest_forge.recipe import NO_QUANTIZATION_FLAG, Recipe
+from pytest_forge.serving_policy import code_loading_settings
+from pytest_forge.yaml_io import YamlInputError, read_text
+from pytest_forge.yaml_io import dump as dump_yaml
+from pytest_forge.yaml_io import load as load_yaml
 
 if TYPE_CHECKING:
     from pytest_forge.vllm_args import VllmArgSpec
@@ -113,16 +115,11 @@ def _line(node: Any, key: Any) -> int | None:
 
 def _load_yaml(path: Path) -> Any:
     try:
-        text = path.read_text(encoding="utf-8")
+        return load_yaml(read_text(path))
     except OSError as e:
         raise RecipeError(path, None, f"cannot read AIM recipe: {e.strerror or e}") from None
-    try:
-        return YAML(typ="rt").load(text)
-    except YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(e, "problem", None) or "invalid YAML"
-        raise RecipeError(path, None, f"YAML syntax error{where}: {problem}") from None
+    except YamlInputError as e:
+        raise RecipeError(path, None, str(e)) from None
 
 
 def _plain_scalar(value: Any) -> Any:
@@ -295,11 +292,11 @@ def _block_recipe(
             config[snake] = value
     precision = top["precision"]
     if quant["method"] == "none" and precision in _QUANTIZED_PRECISIONS:
-        # The checkpoint is quantized and vLLM reads its scheme (AMD's FP8 checkpoints are
-        # quark): `--quantization fp8` would not match it and vLLM would refuse to boot.
-        # int8/int4 already mean "a checkpoint of that precision, no flag"; fp8 names
-        # vLLM's online FP8, so an FP8 checkpoint is "auto" (the id keeps the precision).
-        quant["method"] = "auto" if precision == "fp8" else precision
+        # The checkpoint is quantized and vLLM reads its scheme from its config (AMD's
+        # FP8 checkpoints are quark): `--quantization fp8` would not match it, and int8 /
+        # int4 are no vLLM methods at all. So the method is "auto" (no flag: what vLLM
+        # does with such a checkpoint), and the recipe id keeps the AIM precision.
+        quant["method"] = "auto"
 
     gpu_type, memory = AIM_HARDWARE[top["hardware"]]
     data = {
@@ -314,6 +311,13 @@ def _block_recipe(
         "config": config,
         "compilation": compilation,
         "quant": quant,
+        # AIM requires --trust-remote-code in every block: the imported recipe carries the
+        # opt-in where a reviewer sees it. Other code-loading options are refused below.
+        "allow_code_loading": [
+            name
+            for name in code_loading_settings(config, None, {})
+            if name == "config.trust_remote_code"
+        ],
         "lineage": {"rationale": f"imported from AIM recipe {path.name} ({block})"},
     }
     try:
@@ -377,6 +381,7 @@ def import_aim(path: str | os.PathLike[str], spec: VllmArgSpec | None = None) ->
         spec = load_arg_spec()
 
     recipes: list[Recipe] = []
+    sources: list[tuple[str, Mapping[Any, Any]]] = []  # each recipe's block and its args
     ports: dict[str, Any] = {}
     for block, body in serve.items():
         match = _BLOCK_RE.match(str(block))
@@ -418,6 +423,16 @@ def import_aim(path: str | os.PathLike[str], spec: VllmArgSpec | None = None) ->
         )
         if recipe is not None:
             recipes.append(recipe)
+            sources.append((str(block), args))
+    if recipes:
+        # Values as vLLM's own parser sees them (type-only without vLLM), under the AIM key.
+        from pytest_forge.vllm_values import aim_flag_problems
+
+        found = aim_flag_problems(recipes, [a for _, a in sources], spec)
+        for (name, args), block_problems in zip(sources, found, strict=True):
+            for flag, message in block_problems:
+                at = f".{flag}" if flag is not None else ""
+                problems.add(f"vllm_serve.{name}.args{at}", message, _line(args, flag))
     if len({str(v) for v in ports.values()}) > 1:
         listed = ", ".join(f"{b}: {v}" for b, v in ports.items())
         problems.add("vllm_serve", f"--port differs between blocks ({listed}); keep it consistent")
@@ -442,8 +457,9 @@ def _aim_value(value: Any) -> str:
 
 def _aim_names(recipe: Recipe) -> tuple[str, str, str]:
     """(recipe_id, hardware, precision) of the AIM recipe a pytest-forge recipe belongs to."""
-    gpu = (recipe.hardware.gpu_type or "").lower().replace(" ", "")
-    hardware = next((name for name in AIM_HARDWARE if name in gpu), None)
+    # The model however spelled ("AMD Instinct MI300X OAM"), compared exactly (gpu_models).
+    gpu = normalise_gpu_name(recipe.hardware.gpu_type or "").lower()
+    hardware = gpu if gpu in AIM_HARDWARE else None
     if recipe.hardware.vendor != "amd" or hardware is None:
         raise RecipeError(
             recipe.path,
@@ -516,14 +532,8 @@ def _aim_args(recipe: Recipe, precision: str) -> dict[str, str]:
 
 
 def _dump_yaml(data: Any, header: list[str] | None = None) -> str:
-    yaml = YAML(typ="rt")
-    yaml.default_flow_style = False
-    yaml.width = 4096
-    yaml.indent(mapping=2, sequence=4, offset=2)
-    buf = StringIO()
-    yaml.dump(data, buf)
     lines = "".join(f"# {line}\n" if line else "#\n" for line in header or [])
-    return lines + buf.getvalue()
+    return lines + dump_yaml(data)
 
 
 def _env_note(recipes: Iterable[Recipe], what: str) -> list[str]:

@@ -617,6 +617,7 @@ async def _sample_kv(client: _Client, interval_s: float, out: list[float]) -> No
 
 
 def _make_http_client(endpoint: Endpoint, plan: _Plan) -> httpx.AsyncClient:
+    endpoint.check_transport()  # no key or user:password over plain http off this machine
     # Compressed SSE would have to be inflated before parsing: ask for none.
     headers = {"accept-encoding": "identity"}
     if endpoint.api_key:
@@ -629,6 +630,8 @@ def _make_http_client(endpoint: Endpoint, plan: _Plan) -> httpx.AsyncClient:
     transport = _fast_transport(pool) if endpoint.url.startswith("http://") else None
     return httpx.AsyncClient(
         headers=headers,
+        # user:password from the URL: never in the URL httpx (or aiohttp) is given.
+        auth=endpoint.auth,
         timeout=timeout,
         limits=limits,
         transport=transport,

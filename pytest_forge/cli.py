@@ -49,7 +49,7 @@ def _check_recipe_plan(recipe: Recipe, workloads_dir: Path) -> None:
     gpu = "cpu" if hw.vendor == "cpu" else hw.gpu_type
     if gpu is None:
         return
-    problem = recipe_quant_problem(recipe.quant.method, recipe.quant.kv_cache_quant, gpu)
+    problem = recipe_quant_problem(recipe, gpu)
     if problem:
         raise RecipeError(recipe.path, problem[0], f"not on {gpu}: {problem[1]}")
 
@@ -57,12 +57,13 @@ def _check_recipe_plan(recipe: Recipe, workloads_dir: Path) -> None:
 def _cmd_validate(args: argparse.Namespace) -> int:
     """Every recipe and workload check, without booting anything; non-zero on any problem."""
     from pytest_forge.recipe import Recipe
-    from pytest_forge.vllm_args import load_arg_spec, validate_recipe_args
+    from pytest_forge.vllm_args import load_arg_spec
+    from pytest_forge.vllm_values import RecipeChecker
     from pytest_forge.workload import load_workload
 
     paths = args.paths or ["recipes", "workloads"]
     workloads_dir = Path(args.workloads)
-    spec = None
+    checker: RecipeChecker | None = None
     problems = 0
     checked = 0
     for path in _iter_files(paths):
@@ -75,13 +76,19 @@ def _cmd_validate(args: argparse.Namespace) -> int:
                 print(f"ok    {path} ({len(workload.requests)} requests)")
             else:
                 recipe = Recipe.load(path)
-                if spec is None:
+                if checker is None:
                     spec = load_arg_spec()
                     if spec.warning:
                         print(f"warn  {spec.warning}")
-                validate_recipe_args(recipe, spec)
+                    # Every recipe given, in one vLLM subprocess (cached per args on disk).
+                    checker = RecipeChecker(spec)
+                    checker.prefetch(_iter_files(paths))
+                    if checker.warning:
+                        print(f"warn  {checker.warning}")
+                how = checker.check(recipe)
                 _check_recipe_plan(recipe, workloads_dir)
-                print(f"ok    {path} (vLLM {spec.version}, {spec.source} args)")
+                spec = checker.spec
+                print(f"ok    {path} (vLLM {spec.version}, {spec.source} args; {how})")
         except ForgeError as exc:
             problems += 1
             print(f"FAIL  {exc}")
@@ -93,7 +100,7 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from pytest_forge.tune.store import render_report
+    from pytest_forge.tune.run_report import render_report
 
     print(render_report(Path(args.run_dir)))
     return 0

@@ -33,8 +33,8 @@ def _aim_description(path: Path) -> str | None:
 
 def _cmd_import_aim(args: argparse.Namespace) -> int:
     from pytest_forge.aim import import_aim
+    from pytest_forge.fileio import atomic_write
     from pytest_forge.recipe import Recipe
-    from pytest_forge.tune.store import atomic_write_text
     from pytest_forge.vllm_args import load_arg_spec
 
     source = Path(args.file)
@@ -52,7 +52,7 @@ def _cmd_import_aim(args: argparse.Namespace) -> int:
     for recipe, target in zip(recipes, targets, strict=True):
         text = header + recipe.to_yaml_text()
         Recipe.from_yaml_text(text, path=target)  # what we write must load back
-        atomic_write_text(target, text)
+        atomic_write(target, text)
         print(target)
     return 0
 
@@ -66,9 +66,9 @@ def _cmd_export(args: argparse.Namespace) -> int:
         raise ForgeError(f"--format {args.format} exports one recipe at a time")
     text = export_aim(recipes) if args.format == "aim" else export_recipe(recipes[0], args.format)
     if args.output:
-        from pytest_forge.tune.store import atomic_write_text
+        from pytest_forge.fileio import atomic_write
 
-        atomic_write_text(Path(args.output), text)
+        atomic_write(Path(args.output), text)
         print(args.output, file=sys.stderr)
     else:
         sys.stdout.write(text)

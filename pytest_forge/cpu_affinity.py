@@ -8,6 +8,10 @@ and a repeat runs 2-4x slower. Each repeat falls into one mode or the other, whi
 main source of run-to-run spread on this path (benchmarks/README.md, noise.py: chat's CV
 of output throughput 31.7 % floating, 11.7 % pinned). Pinning the EngineCore onto the
 worker's cores keeps the frontend's core free, as vLLM already intends for the frontend.
+
+A server is found by its root: the supervisor (supervisor.py) that leads the server's
+process group and is an ancestor of every vLLM process, the engine core and workers
+included, even one that left the group (the supervisor adopts orphans as a subreaper).
 """
 
 from __future__ import annotations
@@ -17,24 +21,22 @@ import os
 import time
 from pathlib import Path
 
+from pytest_forge.supervisor import server_tree
+
 ENGINE_CORE = "EngineCor"  # /proc/<pid>/comm is cut to 15 chars: "VLLM::EngineCor"
 WORKER = "Worker"
 
 
-def processes_by_name(pgid: int) -> dict[str, list[int]]:
-    """pids by command name (``VLLM::EngineCor``, ``VLLM::Worker_...``) in a process group."""
+def processes_by_name(root: int) -> dict[str, list[int]]:
+    """pids by command name (``VLLM::EngineCor``, ``VLLM::Worker_...``) of the server
+    rooted at ``root``: the process group ``root`` and all descendants of pid ``root``."""
     out: dict[str, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
+    for pid in server_tree(root):
         try:
-            stat = (entry / "stat").read_text()
-            comm = (entry / "comm").read_text().strip()
+            comm = Path(f"/proc/{pid}/comm").read_text().strip()
         except OSError:
             continue
-        fields = stat.rsplit(")", 1)[1].split()
-        if len(fields) >= 3 and int(fields[2]) == pgid:
-            out.setdefault(comm, []).append(int(entry.name))
+        out.setdefault(comm, []).append(pid)
     return out
 
 
@@ -45,7 +47,7 @@ def set_affinity(pid: int, cpus: set[int]) -> None:
             os.sched_setaffinity(int(task.name), cpus)
 
 
-def pin_engine_core(pgid: int) -> str | None:
+def pin_engine_core(root: int) -> str | None:
     """Pin the server's EngineCore(s) to the model worker's CPUs; what was done, or None.
 
     Does nothing (None) off Linux, when the processes are not found (another vLLM layout)
@@ -53,7 +55,7 @@ def pin_engine_core(pgid: int) -> str | None:
     """
     if not hasattr(os, "sched_setaffinity") or not Path("/proc").is_dir():
         return None
-    procs = processes_by_name(pgid)
+    procs = processes_by_name(root)
     engines = [pid for name, pids in procs.items() if ENGINE_CORE in name for pid in pids]
     workers = [pid for name, pids in procs.items() if WORKER in name for pid in pids]
     if not engines or not workers:
@@ -70,10 +72,10 @@ def pin_engine_core(pgid: int) -> str | None:
     return f"EngineCore pid(s) {engines} pinned to the model worker's CPUs {sorted(worker_cpus)}"
 
 
-def group_cpu_seconds(pgid: int) -> float:
-    """CPU time (user + system, all threads) used so far by the processes of a group."""
+def group_cpu_seconds(root: int) -> float:
+    """CPU time (user + system, all threads) used so far by the processes of a server."""
     ticks = 0
-    for pids in processes_by_name(pgid).values():
+    for pids in processes_by_name(root).values():
         for pid in pids:
             with contextlib.suppress(OSError, ValueError, IndexError):
                 fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -82,9 +84,9 @@ def group_cpu_seconds(pgid: int) -> float:
 
 
 def wait_until_idle(
-    pgid: int, *, timeout_s: float = 5.0, interval_s: float = 0.2, busy: float = 0.05
+    root: int, *, timeout_s: float = 5.0, interval_s: float = 0.2, busy: float = 0.05
 ) -> float:
-    """Wait until a process group uses under ``busy`` of a core; the seconds waited.
+    """Wait until a server's processes use under ``busy`` of a core; the seconds waited.
 
     After a burst of work vLLM's CPU worker keeps spinning for about a second (measured:
     0.32 core over the 3 s after a repeat). In an A/B round the other side's repeat would
@@ -93,10 +95,10 @@ def wait_until_idle(
     if not Path("/proc").is_dir():
         return 0.0
     start = time.monotonic()
-    before = group_cpu_seconds(pgid)
+    before = group_cpu_seconds(root)
     while time.monotonic() - start < timeout_s:
         time.sleep(interval_s)
-        now = group_cpu_seconds(pgid)
+        now = group_cpu_seconds(root)
         if now - before < busy * interval_s:
             break
         before = now

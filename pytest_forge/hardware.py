@@ -19,13 +19,25 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from pytest_forge.gpu_models import amd_gfx, normalise_gpu_name
+from pytest_forge.quant_gates import (
+    effective_kv_cache_dtype,
+    effective_quant_method,
+    quant_supported,
+    quant_unsupported_reason,
+    recipe_quant_problem,
+)
+
 __all__ = [
     "GpuInfo",
     "HostHardware",
     "backend_name",
     "comparable_hardware",
     "detect_hardware",
+    "effective_kv_cache_dtype",
+    "effective_quant_method",
     "match_recipe_hardware",
+    "normalise_gpu_name",
     "quant_supported",
     "quant_unsupported_reason",
     "recipe_quant_problem",
@@ -39,6 +51,13 @@ NVIDIA_QUERY = [
     "--query-gpu=name,memory.total,driver_version,compute_cap",
     "--format=csv,noheader,nounits",
 ]
+# Drivers before R510 do not know the compute_cap field and refuse the whole query; they
+# are asked again without it, and the capability comes from gpu_models' table.
+NVIDIA_QUERY_LEGACY = [
+    "nvidia-smi",
+    "--query-gpu=name,memory.total,driver_version",
+    "--format=csv,noheader,nounits",
+]
 ROCM_QUERY = [
     "rocm-smi",
     "--showproductname",
@@ -47,19 +66,6 @@ ROCM_QUERY = [
     "--showdriverversion",
     "--json",
 ]
-
-# rocm-smi reports the product name, not always the GFX target; the targets that matter
-# for the quant gates (seeds/001: MI300X is CDNA3 = gfx942).
-_AMD_GFX_BY_NAME = (
-    ("MI325", "gfx942"),
-    ("MI300", "gfx942"),
-    ("MI250", "gfx90a"),
-    ("MI210", "gfx90a"),
-    ("MI100", "gfx908"),
-)
-_CDNA3_GFX = ("gfx940", "gfx941", "gfx942")
-# Compute capability of the GPUs seeds/001's table names, for callers that only know a name.
-_NVIDIA_SM_BY_NAME = (("H200", "9.0"), ("H100", "9.0"), ("A100", "8.0"), ("T4", "7.5"))
 
 
 @dataclass(frozen=True)
@@ -119,18 +125,32 @@ class HostHardware:
 # -- detection ---------------------------------------------------------------------------
 
 
-def _run_smi(argv: Sequence[str]) -> str | None:
+def _smi(argv: Sequence[str]) -> subprocess.CompletedProcess[str] | None:
     if shutil.which(argv[0]) is None:
         return None
     try:
-        proc = subprocess.run(
+        return subprocess.run(
             list(argv), capture_output=True, text=True, timeout=SMI_TIMEOUT_S, check=False
         )
     except (OSError, subprocess.SubprocessError):
         return None
-    if proc.returncode != 0:
+
+
+def _run_smi(argv: Sequence[str]) -> str | None:
+    proc = _smi(argv)
+    return proc.stdout if proc is not None and proc.returncode == 0 else None
+
+
+def _nvidia_smi_text() -> str | None:
+    proc = _smi(NVIDIA_QUERY)
+    if proc is None:
         return None
-    return proc.stdout
+    if proc.returncode == 0:
+        return proc.stdout
+    # 'Field "compute_cap" is not a valid field to query.': an old driver, not no GPU.
+    if "compute_cap" in proc.stdout + proc.stderr:
+        return _run_smi(NVIDIA_QUERY_LEGACY)
+    return None
 
 
 def _visible(items: list[GpuInfo], spec: str | None) -> list[GpuInfo]:
@@ -216,7 +236,7 @@ def parse_rocm_smi(text: str) -> list[GpuInfo]:
             "AMD GPU",
         )
         memory = card.get("vram total memory (b)")
-        memory_gb = round(int(memory) / 1024**3, 1) if str(memory or "").isdigit() else 0.0
+        memory_gb = round(int(str(memory)) / 1024**3, 1) if str(memory or "").isdigit() else 0.0
         gfx = card.get("gfx version") or _gfx_from_name(name)
         gpus.append(GpuInfo(name, memory_gb, driver, str(gfx).lower() if gfx else None))
     return gpus
@@ -229,8 +249,7 @@ def _lower_keys(mapping: Any) -> dict[str, Any]:
 
 
 def _gfx_from_name(name: str) -> str | None:
-    upper = name.upper()
-    return next((gfx for marker, gfx in _AMD_GFX_BY_NAME if marker in upper), None)
+    return amd_gfx(name)
 
 
 def _cpu_model() -> str:
@@ -275,7 +294,7 @@ def _cpu_count() -> int:
 
 def _detect(env: Mapping[str, str]) -> HostHardware:
     cpu_model, cpu_count, isa = _cpu_model(), _cpu_count(), _cpu_isa()
-    text = _run_smi(NVIDIA_QUERY)
+    text = _nvidia_smi_text()
     if text is not None:
         gpus = _visible(parse_nvidia_smi(text), env.get("CUDA_VISIBLE_DEVICES"))
         if gpus:
@@ -306,8 +325,9 @@ def _get(obj: Any, name: str) -> Any:
 
 
 def _gpu_name_matches(wanted: str, actual: str) -> bool:
-    wanted, actual = wanted.strip().lower(), actual.strip().lower()
-    return bool(wanted) and (wanted in actual or actual in wanted)
+    """Same product after normalising both names (gpu_models): "A10" is not "A100"."""
+    wanted_model = normalise_gpu_name(wanted)
+    return bool(wanted_model) and wanted_model == normalise_gpu_name(actual)
 
 
 def match_recipe_hardware(recipe_hw: Any, host: HostHardware) -> str | None:
@@ -322,8 +342,11 @@ def match_recipe_hardware(recipe_hw: Any, host: HostHardware) -> str | None:
     if gpu_type:
         candidates = [g for g in host.gpus if _gpu_name_matches(str(gpu_type), g.name)]
         if not candidates:
-            names = sorted({g.name for g in host.gpus})
-            return f"recipe wants gpu_type {gpu_type!r}, this host has {', '.join(names)}"
+            names = sorted({f"{g.name} ({normalise_gpu_name(g.name)})" for g in host.gpus})
+            return (
+                f"recipe wants gpu_type {gpu_type!r} ({normalise_gpu_name(str(gpu_type))}), "
+                f"this host has {', '.join(names)}"
+            )
     count = _get(recipe_hw, "count")
     needed = int(count) if count is not None else 1
     if needed > len(candidates):
@@ -334,42 +357,6 @@ def match_recipe_hardware(recipe_hw: Any, host: HostHardware) -> str | None:
 
 def backend_name(host: HostHardware) -> str:
     return {"nvidia": "cuda", "amd": "rocm"}.get(host.vendor, "cpu")
-
-
-# -- quantization gates (seeds/001) -------------------------------------------------------
-
-QuantFamily = Literal["int4_awq", "int8", "fp8"]
-
-_QUANT_FAMILIES: dict[str, QuantFamily] = {
-    "awq": "int4_awq",
-    "awq_marlin": "int4_awq",
-    "int4_awq": "int4_awq",
-    "int4": "int4_awq",
-    "int8": "int8",
-    "w8a8": "int8",
-    "w8a8_int8": "int8",
-    "int8_w8a8": "int8",
-    "fp8": "fp8",
-    "fp8_e4m3": "fp8",
-    "fp8-e4m3": "fp8",
-    "fp8_e4m3fn": "fp8",
-    "ptpc_fp8": "fp8",
-}
-_NO_QUANT = ("none", "auto", "", "bf16", "bfloat16", "fp16", "float16")
-
-
-def _quant_family(key: str) -> QuantFamily | None:
-    """The table's family of a method name; vLLM's variants (fp8_per_tensor, gptq_marlin,
-    int8_per_channel_weight_only, ...) belong to the family their name says."""
-    if key in _QUANT_FAMILIES:
-        return _QUANT_FAMILIES[key]
-    if "fp8" in key:
-        return "fp8"
-    if "int8" in key or "w8a8" in key:
-        return "int8"
-    if "awq" in key or "gptq" in key or "int4" in key:
-        return "int4_awq"
-    return None
 
 
 def comparable_hardware(description: str) -> str:
@@ -389,83 +376,3 @@ def comparable_hardware(description: str) -> str:
         ]
         groups.add(match["name"] + (f" ({', '.join(details)})" if details else ""))
     return "; ".join(sorted(groups))
-
-
-def _sm(cc: str | float | None) -> float | None:
-    try:
-        return float(cc) if cc is not None else None
-    except (TypeError, ValueError):
-        return None
-
-
-def quant_unsupported_reason(
-    host_or_gpu_name: HostHardware | str, compute_capability: str | float | None, method: str
-) -> str | None:
-    """None when ``method`` may run on that GPU, else why not.
-
-    The gates are seeds/001's table: INT4 AWQ and INT8 on the GPUs it lists (T4 and up
-    on NVIDIA, MI300X on AMD), FP8 E4M3 only on SM >= 9.0 (H100/H200) and MI300X
-    (CDNA3). Nothing is allowed on CPU: vLLM's CPU backend is not what the table covers.
-    """
-    key = str(method or "").strip().lower()
-    if key in _NO_QUANT:
-        return None
-    family = _quant_family(key)
-    if family is None:
-        # Not a family the table covers (e.g. compressed-tensors, gguf): not gated here;
-        # the name itself is checked against the installed vLLM's methods.
-        return None
-
-    if isinstance(host_or_gpu_name, HostHardware):
-        host = host_or_gpu_name
-        if host.vendor == "cpu" or not host.gpus:
-            return f"{method} needs a GPU; this host is {host.describe()}"
-        name = host.gpus[0].name
-        compute_capability = compute_capability or host.gpus[0].compute_capability
-        vendor = host.vendor
-    else:
-        name = str(host_or_gpu_name)
-        upper = name.upper()
-        if upper.strip() == "CPU" or upper.startswith("CPU:"):
-            return f"{method} needs a GPU; quantization is not gated in for CPU"
-        is_amd = "AMD" in upper or "INSTINCT" in upper or re.search(r"\bMI\d", upper) is not None
-        is_amd = is_amd or str(compute_capability or "").lower().startswith("gfx")
-        vendor = "amd" if is_amd else "nvidia"
-
-    if vendor == "amd":
-        gfx = str(compute_capability or _gfx_from_name(name) or "").lower()
-        if gfx in _CDNA3_GFX:
-            return None
-        return f"{method} is gated to AMD MI300X (CDNA3, gfx942); {name} is {gfx or 'unknown'}"
-
-    sm = _sm(compute_capability)
-    if sm is None:
-        upper = name.upper()
-        sm = _sm(next((cc for marker, cc in _NVIDIA_SM_BY_NAME if marker in upper), None))
-    if sm is None:
-        return f"{method}: unknown compute capability for {name}"
-    needed = 9.0 if family == "fp8" else 7.5
-    if sm < needed:
-        return f"{method} needs SM >= {needed:g}; {name} is SM {sm:g}"
-    return None
-
-
-def recipe_quant_problem(
-    method: str, kv_cache_quant: str, target: HostHardware | str
-) -> tuple[str, str] | None:
-    """(field, why) when a recipe's quantization is gated off ``target`` (a host or a GPU
-    name); only FP8 KV caches are gated, other KV dtypes store in the model's precision."""
-    checks = [("quant.method", method)]
-    if kv_cache_quant.lower().startswith("fp8"):
-        checks.append(("quant.kv_cache_quant", kv_cache_quant))
-    for field_name, value in checks:
-        why = quant_unsupported_reason(target, None, value)
-        if why:
-            return field_name, why
-    return None
-
-
-def quant_supported(
-    host_or_gpu_name: HostHardware | str, compute_capability: str | float | None, method: str
-) -> bool:
-    return quant_unsupported_reason(host_or_gpu_name, compute_capability, method) is None

@@ -18,8 +18,8 @@ from __future__ import annotations
 import datetime as _dt
 import html
 import importlib
+import io
 import math
-import os
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from pytest_forge import __version__
 from pytest_forge.errors import ForgeError
+from pytest_forge.fileio import atomic_write
 from pytest_forge.report import (
     COMPARISON_HEADER,
     SUMMARY_HEADER,
@@ -175,10 +176,10 @@ def _new_figure(height_in: float = FIG_HEIGHT_IN) -> Figure:
 
 
 def _save(fig: Figure, path: Path) -> None:
-    # Write beside and rename, so a reader never sees half a PNG.
-    tmp = path.with_name(f".{path.name}.tmp")
-    fig.savefig(tmp, format="png", dpi=DPI)
-    os.replace(tmp, path)
+    # Written whole and renamed into place, so a reader never sees half a PNG.
+    png = io.BytesIO()
+    fig.savefig(png, format="png", dpi=DPI)
+    atomic_write(path, png.getvalue())
 
 
 def _legend_below(fig: Figure, handles: list[Any], labels: list[str]) -> None:
@@ -749,8 +750,4 @@ def write_html_report(
         + "\n".join(part for part in body if part)
         + "\n</body>\n</html>\n"
     )
-    index = report_dir / INDEX
-    tmp = index.with_name(f".{INDEX}.tmp")
-    tmp.write_text(page, encoding="utf-8")
-    os.replace(tmp, index)
-    return index
+    return atomic_write(report_dir / INDEX, page)

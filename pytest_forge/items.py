@@ -19,22 +19,15 @@ from pytest_forge.hardware import (
     recipe_quant_problem,
 )
 from pytest_forge.recipe import Recipe
+from pytest_forge.session import ForgeFailure, check_recipe, forge_session
+from pytest_forge.tune_items import tune_items
 from pytest_forge.workload import Workload, discover_workloads, load_workload
+from pytest_forge.xdist_groups import add_group_mark
 
 if TYPE_CHECKING:
     from pytest_forge.ab import SideEndpoint
     from pytest_forge.pipeline import CaseResult
     from pytest_forge.session import ForgeSession
-
-SESSION_KEY = pytest.StashKey["ForgeSession"]()
-
-
-def forge_session(config: pytest.Config) -> ForgeSession:
-    return config.stash[SESSION_KEY]
-
-
-class ForgeFailure(Exception):
-    """A test outcome to show as a plain message, without a Python traceback."""
 
 
 class RecipeFile(pytest.File):
@@ -49,11 +42,14 @@ class RecipeFile(pytest.File):
         except RecipeError as exc:
             yield ErrorItem.from_parent(self, name="recipe", error=str(exc))
             return
+        except Exception as exc:  # a loader bug: still only this file's test fails
+            error = f"{self.path}: cannot be loaded: {type(exc).__name__}: {exc}"
+            yield ErrorItem.from_parent(self, name="recipe", error=error)
+            return
         recipe = self.recipe
+        add_group_mark(self, recipe.id)  # pytest-xdist: the recipe's tests on one worker
         skip_reason = self._skip_reason(session)
         try:
-            from pytest_forge.session import check_recipe
-
             check_recipe(recipe, session)
         except ForgeError as exc:
             check_error: str | None = str(exc)
@@ -61,8 +57,6 @@ class RecipeFile(pytest.File):
             check_error = None
 
         if session.config.tune:
-            from pytest_forge.tune_items import tune_items
-
             yield from tune_items(self, recipe, skip_reason, check_error)
             return
 
@@ -89,8 +83,7 @@ class RecipeFile(pytest.File):
         reason = match_recipe_hardware(self.recipe.hardware, session.hardware)
         if reason:
             return f"recipe {self.recipe.id} needs other hardware: {reason}"
-        quant = self.recipe.quant
-        problem = recipe_quant_problem(quant.method, quant.kv_cache_quant, session.hardware)
+        problem = recipe_quant_problem(self.recipe, session.hardware)
         if problem:
             return f"recipe {self.recipe.id}: {problem[0]} on this runner: {problem[1]}"
         return None

@@ -39,3 +39,8 @@ LATENCY: tuple[MetricSpec, ...] = tuple(
 JUDGED: tuple[MetricSpec, ...] = (THROUGHPUT, *LATENCY)
 JUDGED_BY_NAME: dict[str, MetricSpec] = {spec.name: spec for spec in JUDGED}
 LATENCY_NAMES: tuple[str, ...] = tuple(spec.name for spec in LATENCY)
+
+
+def default_tolerances() -> dict[str, float]:
+    """Each judged metric's default tolerance (a fresh dict: callers override entries)."""
+    return {spec.name: spec.default_tolerance for spec in JUDGED}

@@ -23,6 +23,7 @@ from pytest_forge.accuracy import (
 from pytest_forge.bench import BenchOptions, Progress, run_bench
 from pytest_forge.endpoint import Endpoint
 from pytest_forge.errors import ForgeError, ServerError
+from pytest_forge.fileio import locked
 from pytest_forge.metric_registry import JUDGED
 from pytest_forge.metrics import Measurement
 from pytest_forge.recipe import Baseline, MeasuredWith, Recipe
@@ -31,7 +32,7 @@ from pytest_forge.verdict import Check, Verdict, judge, tolerances
 from pytest_forge.workload import Workload
 
 if TYPE_CHECKING:
-    from pytest_forge.tune.tuner import Evaluation
+    from pytest_forge.tune.records import Evaluation
 
 
 DEFAULT_REPEATS = 3
@@ -256,8 +257,9 @@ def floors_for(
 def record_baseline(recipe_path: Path, result: CaseResult, with_: MeasuredWith) -> list[str]:
     """Write the measured baseline (and greedy outputs for agreement) into the recipe file.
 
-    Re-reads the file so each test's update lands on the latest content; atomic writes
-    mean a crash never leaves a half-written recipe.
+    Re-reads the file under its lock so each test's update lands on the latest content,
+    also with other processes writing it; atomic writes mean a crash never leaves a
+    half-written recipe.
     """
     notes: list[str] = []
     m = result.measurement
@@ -275,9 +277,11 @@ def record_baseline(recipe_path: Path, result: CaseResult, with_: MeasuredWith) 
     if accuracy is None and result.accuracy is not None and result.accuracy.scorer == "agreement":
         # The outputs just recorded are the reference: agreement with them is exact.
         accuracy = 1.0
-    current = Recipe.load(recipe_path)
-    updated = current.with_baselines({result.workload: baseline_from(m, accuracy, with_)})
-    updated.save(recipe_path)
+    baseline = baseline_from(m, accuracy, with_)
+    # Under the recipe's lock, re-read and change only this workload's baseline: another
+    # writer's update (a parallel test, a tune's write-back) is not saved over.
+    with locked(recipe_path, what="the recipe's lock"):
+        Recipe.load(recipe_path).with_baselines({result.workload: baseline}).save(recipe_path)
     notes.append(f"baseline for {result.workload} written to {recipe_path}")
     return notes
 
@@ -299,7 +303,7 @@ def evaluate_recipe(
     death is returned as the evaluation's error (with the vLLM log tail), not raised.
     """
     from pytest_forge.server import VllmServer
-    from pytest_forge.tune.tuner import Evaluation
+    from pytest_forge.tune.records import Evaluation
 
     server = VllmServer(recipe, log_dir, boot_timeout_s=boot_timeout_s, extra_env=extra_env)
     measurements: dict[str, Measurement] = {}

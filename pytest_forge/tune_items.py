@@ -3,27 +3,29 @@ and the winner's confirmation — driving the Tuner through the gate's own pipel
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import pytest
 
 from pytest_forge.errors import ForgeError
-from pytest_forge.items import ForgeFailure, RecipeFile, forge_session
 from pytest_forge.pipeline import GateOptions, case_to_dict, evaluate_recipe
 from pytest_forge.recipe import Recipe
+from pytest_forge.session import ForgeFailure, forge_session
 from pytest_forge.workload import discover_workloads, load_workload
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
     from pytest_forge.bench import Progress
+    from pytest_forge.items import RecipeFile
     from pytest_forge.report import ProgressPrinter
     from pytest_forge.session import ForgeSession
+    from pytest_forge.tune.settings import TuneSettings
+    from pytest_forge.tune.store import RunStore
     from pytest_forge.tune.tuner import Evaluation, ExperimentOutcome, Tuner, TuneResult
 
 
@@ -62,32 +64,32 @@ def tune_header(session: ForgeSession) -> str:
     return (
         f"forge tune: agent {spec} ({why}); budget {c.budget} per recipe; objective "
         f"{c.objective}; min improvement {c.min_improvement:.1%}"
-        + ("; resuming the latest unfinished run" if c.resume else "")
+        + (
+            "; resuming each recipe's latest unfinished run with the options it started with "
+            "(its config.json)"
+            if c.resume
+            else ""
+        )
     )
 
 
-def _resumable_store(session: ForgeSession, recipe: Recipe) -> Path | None:
+def _resumable_store(session: ForgeSession, recipe: Recipe) -> RunStore | None:
     """The latest unfinished tune run of this recipe, when --forge-resume is given."""
-    runs = session.config.run_root / "runs"
-    if not session.config.resume or not runs.is_dir():
+    from pytest_forge.tune.store import RunStore
+
+    if not session.config.resume:
         return None
-    for run in sorted(runs.iterdir(), reverse=True):
-        cfg = run / "config.json"
-        if (run / "completed.json").exists() or not cfg.exists():
-            continue
-        try:
-            if json.loads(cfg.read_text()).get("recipe_id") == recipe.id:
-                return run
-        except (OSError, ValueError):
-            continue
-    return None
+    runs = session.config.run_root / "runs"
+    return RunStore.latest_unfinished(runs, where={"recipe_id": recipe.id})
 
 
 def _budget(session: ForgeSession, recipe: Recipe) -> int:
     run = _resumable_store(session, recipe)
     if run is not None:
-        stored = json.loads((run / "config.json").read_text())
-        return int(stored.get("budget", session.config.budget))
+        try:
+            return int(run.config.get("budget", session.config.budget))
+        except (ForgeError, TypeError, ValueError):
+            pass  # the tune's set-up reports the broken run
     return session.config.budget
 
 
@@ -106,41 +108,29 @@ def tune_items(
         yield item
 
 
-def _config_record(session: ForgeSession, recipe: Recipe, agent_spec: str) -> dict[str, Any]:
-    from pytest_forge.tune.agent import public_agent_spec
-
-    c = session.config
-    return {
-        "recipe_id": recipe.id,
-        "recipe_path": str(recipe.path),
-        "agent": public_agent_spec(agent_spec),
-        "budget": c.budget,
-        "max_hours": c.max_hours,
-        "max_dollars": c.max_dollars,
-        "min_improvement": c.min_improvement,
-        "objective": c.objective,
-        "playbook": str(c.playbook) if c.playbook else None,
-        "patience": c.patience,
-        "repeats": c.repeats,
-        "accuracy_floor": c.accuracy_floor,
-        "workloads_dir": str(c.workloads_dir),
-        "boot_timeout_s": c.boot_timeout_s,
-        "hardware": session.hardware.describe(),
-        "vllm": session.vllm_version,
-    }
-
-
-def _make_evaluate(session: ForgeSession, recipe_file: RecipeFile, log_dir: Path):
-    """Evaluate a candidate through the gate's path: one boot, every workload, then stop."""
-    available = discover_workloads(session.config.workloads_dir)
+def _make_evaluate(
+    session: ForgeSession, recipe_file: RecipeFile, log_dir: Path, settings: TuneSettings
+) -> Callable[[Recipe], Evaluation]:
+    """Evaluate a candidate through the gate's path: one boot, every workload, then stop;
+    measured as the run's settings say (a resumed run: as it began)."""
+    available = discover_workloads(settings.workloads_dir)
     # max_repeats=1: the tuner compares candidates itself (objective.py), so a candidate's
     # run never grows repeats to settle a comparison with the committed baselines.
     options = GateOptions(
-        repeats=session.config.repeats, accuracy_floor=session.config.accuracy_floor, max_repeats=1
+        repeats=settings.repeats, accuracy_floor=settings.accuracy_floor, max_repeats=1
     )
 
     def evaluate(candidate: Recipe) -> Evaluation:
-        names = candidate.workloads if candidate.workloads is not None else list(available)
+        if settings.workloads is not None:
+            names = list(settings.workloads)
+            missing = [n for n in names if n not in available]
+            if missing:
+                raise ForgeError(
+                    f"the tune run measures workloads {', '.join(missing)}, which are no "
+                    f"longer in {settings.workloads_dir}"
+                )
+        else:
+            names = candidate.workloads if candidate.workloads is not None else list(available)
         workloads = [load_workload(available[n]) for n in names if n in available]
         if not workloads:
             raise ForgeError(f"recipe {candidate.id}: none of its workloads {names} exist")
@@ -161,7 +151,7 @@ def _make_evaluate(session: ForgeSession, recipe_file: RecipeFile, log_dir: Path
                 log_dir,
                 options,
                 vllm_version=session.vllm_version,
-                boot_timeout_s=session.config.boot_timeout_s,
+                boot_timeout_s=settings.boot_timeout_s,
                 progress=progress,
                 extra_env=session.device_env(candidate),  # this xdist worker's GPUs
             )
@@ -181,7 +171,9 @@ def _recipe_tune(item: TuneItem) -> RecipeTune:
     session = forge_session(item.config)
     tunes = item.config.stash.setdefault(_TUNES_KEY, {})
     parent = item.parent
-    assert isinstance(parent, RecipeFile) and parent.recipe is not None
+    # A TuneItem's parent is always the RecipeFile that collected it (items.py).
+    assert parent is not None and getattr(parent, "recipe", None) is not None
+    parent = cast("RecipeFile", parent)
     key = str(parent.path)
     cached = tunes.get(key)
     if isinstance(cached, ForgeError):
@@ -198,63 +190,59 @@ def _recipe_tune(item: TuneItem) -> RecipeTune:
 
 
 def _new_recipe_tune(item: TuneItem, session: ForgeSession, parent: RecipeFile) -> RecipeTune:
-    from pytest_forge.tune.agent import make_agent, public_agent_spec
+    from pytest_forge.tune.agent import make_agent
     from pytest_forge.tune.playbook import hardware_class, load_playbook
+    from pytest_forge.tune.settings import config_record, fresh_settings, resumed_settings
     from pytest_forge.tune.store import RunStore
-    from pytest_forge.tune.tuner import TuneOptions, Tuner
+    from pytest_forge.tune.tuner import Tuner
 
     assert parent.recipe is not None
     recipe = parent.recipe
     if session.config.endpoint_url:
         raise ForgeError("--forge-tune boots its own candidates; it cannot use --forge-endpoint")
     spec, _ = _agent_spec(session)
-    resumed = _resumable_store(session, recipe)
-    if resumed is not None:
-        store = RunStore.open(resumed)
-        stored = json.loads((resumed / "config.json").read_text())
-        # The stored spec has no credentials: keep the one given now when it is the same.
-        if public_agent_spec(spec) != stored.get("agent", spec):
-            spec = stored.get("agent", spec)
-        options = TuneOptions(
-            budget=int(stored["budget"]),
-            max_hours=stored.get("max_hours"),
-            max_dollars=stored.get("max_dollars"),
-            min_improvement=float(stored.get("min_improvement", 0.02)),
-            objective=stored.get("objective", "throughput"),
-            patience=int(stored.get("patience", 3)),
+    hardware = session.hardware.describe()
+    store = _resumable_store(session, recipe)
+    if store is not None:
+        settings = resumed_settings(
+            session.config, store.config, store.path, spec, hardware, session.vllm_version
         )
-        playbook_path = Path(stored["playbook"]) if stored.get("playbook") else None
     else:
-        store = None  # created once everything below checks out
-        c = session.config
-        options = TuneOptions(
-            budget=c.budget,
-            max_hours=c.max_hours,
-            max_dollars=c.max_dollars,
-            min_improvement=c.min_improvement,
-            objective=c.objective,
-            patience=c.patience,
-        )
-        playbook_path = c.playbook
-    playbook = load_playbook(playbook_path)
+        settings = fresh_settings(session.config, spec)
+    playbook = load_playbook(settings.playbook)
     hw_class = hardware_class(session.hardware)
     search_space = playbook.search_space(hw_class)
-    agent = make_agent(spec, playbook, os.environ)
-    if store is None:
-        store = RunStore.create(
-            session.config.run_root / "runs", _config_record(session, recipe, spec)
+    agent = make_agent(settings.agent, playbook, os.environ)
+    if store is not None:
+        store.claim()  # one process per run: a second resume fails here, naming this pid
+        item.config.add_cleanup(store.release)
+    else:
+        available = discover_workloads(settings.workloads_dir)
+        workloads = recipe.workloads if recipe.workloads is not None else list(available)
+        record = config_record(
+            session.config, recipe.id, recipe.path, spec, workloads, hardware,
+            session.vllm_version,
+        )  # fmt: skip
+        store = RunStore.create(session.config.run_root / "runs", record, claim=True)
+        item.config.add_cleanup(store.release)
+        settings = resumed_settings(
+            session.config, store.config, store.path, spec, hardware, session.vllm_version
+        )  # what a resume will measure with, from the start
+    try:
+        tuner = Tuner(
+            recipe,
+            agent,
+            store,
+            settings.options,
+            hardware=session.hardware,
+            hardware_class=hw_class,
+            search_space=search_space,
+            evaluate=_make_evaluate(session, parent, store.server_log_dir, settings),
+            measured_with=session.measured_with,
         )
-    tuner = Tuner(
-        recipe,
-        agent,
-        store,
-        options,
-        hardware=session.hardware,
-        hardware_class=hw_class,
-        search_space=search_space,
-        evaluate=_make_evaluate(session, parent, store.server_log_dir),
-        measured_with=session.measured_with,
-    )
+    except BaseException:
+        store.release()
+        raise
     return RecipeTune(tuner)
 
 
@@ -303,6 +291,13 @@ class TuneItem(pytest.Item):
 
     def _finish(self, tune: RecipeTune) -> None:
         result = tune.tuner.finalize(remeasure=True)
+        self._report_result(tune, result)
+        if result.failed:
+            # A winner that could not be written (the recipe changed meanwhile): said in
+            # full, and the tune does not pass.
+            raise ForgeFailure(result.message)
+
+    def _report_result(self, tune: RecipeTune, result: TuneResult) -> None:
         tune.result = result
         self.user_properties.append(("forge_status", "winner" if result.winner else "none"))
         print(result.message)
@@ -348,7 +343,7 @@ def tune_run_dirs(config: pytest.Config) -> list[Path]:
 
 def _tune_block(tune: RecipeTune) -> str:
     """One tuned recipe's experiment table (as ``forge report RUN_DIR``) and its outcome."""
-    from pytest_forge.tune.store import render_report
+    from pytest_forge.tune.run_report import render_report
 
     store = tune.tuner.store
     text = render_report(store.path)

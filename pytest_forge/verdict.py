@@ -22,7 +22,13 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
-from pytest_forge.metric_registry import JUDGED, LATENCY_NAMES, THROUGHPUT, MetricSpec
+from pytest_forge.metric_registry import (
+    JUDGED,
+    LATENCY_NAMES,
+    THROUGHPUT,
+    MetricSpec,
+    default_tolerances,
+)
 from pytest_forge.slo import SLO
 from pytest_forge.stats import Comparison, compare_paired, compare_unpaired, cv
 
@@ -149,7 +155,7 @@ class Verdict:
 
 def tolerances(gates: Gates, throughput_override: float | None = None) -> dict[str, float]:
     """Each judged metric's tolerance: command line > recipe gates > metric_registry."""
-    out = {spec.name: spec.default_tolerance for spec in JUDGED}
+    out = default_tolerances()
     if gates.throughput_tolerance is not None:
         out[THROUGHPUT.name] = gates.throughput_tolerance
     if throughput_override is not None:
@@ -406,7 +412,7 @@ def judge_ab(
 
 
 def _tolerance_map(tolerance: float | Mapping[str, float] | None) -> dict[str, float]:
-    out = {spec.name: spec.default_tolerance for spec in JUDGED}
+    out = default_tolerances()
     if isinstance(tolerance, Mapping):
         out.update(tolerance)
     elif tolerance is not None:

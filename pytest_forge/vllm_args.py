@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from pytest_forge.errors import RecipeError
+from pytest_forge.fileio import atomic_write
 
 if TYPE_CHECKING:
     from pytest_forge.recipe import Recipe
@@ -117,6 +118,9 @@ class VllmArgSpec:
     distribution: str | None = None
     # `--quantization` values (vLLM's QUANTIZATION_METHODS); empty: not known, not checked.
     quantization_methods: frozenset[str] = frozenset()
+    # The interpreter whose vLLM this spec was read from (None: the bundled list), so value
+    # checks run vLLM's parser in the same interpreter (vllm_values).
+    python: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -193,7 +197,10 @@ def cache_dir_default() -> Path:
 
 
 def _spec_from_json(
-    data: dict[str, Any], source: Literal["installed", "bundled"], warning: str | None = None
+    data: dict[str, Any],
+    source: Literal["installed", "bundled"],
+    warning: str | None = None,
+    python: str | None = None,
 ) -> VllmArgSpec:
     args = data["args"]
     fields = data["compilation_fields"]
@@ -207,6 +214,7 @@ def _spec_from_json(
         warning=warning,
         distribution=data.get("distribution"),
         quantization_methods=frozenset(str(m) for m in data.get("quantization_methods", [])),
+        python=python,
     )
 
 
@@ -242,7 +250,7 @@ def load_arg_spec(python: str | None = None, cache_dir: Path | None = None) -> V
         return _memo[key]
     # v2: the cache also holds the quantization methods.
     cache_file = directory / f"vllm-args-v2-{dist}-{version}.json"
-    spec = _read_cache(cache_file)
+    spec = _read_cache(cache_file, interpreter)
     if spec is None:
         try:
             data = introspect(interpreter)
@@ -255,15 +263,16 @@ def load_arg_spec(python: str | None = None, cache_dir: Path | None = None) -> V
             # The script's own version lookup may keep a local suffix; the key's does not.
             data["version"] = version
             data["distribution"] = dist
-            spec = _spec_from_json(data, "installed")
+            spec = _spec_from_json(data, "installed", python=interpreter)
             _write_cache(cache_file, spec.to_json())
     _memo[key] = spec
     return spec
 
 
-def _read_cache(path: Path) -> VllmArgSpec | None:
+def _read_cache(path: Path, python: str) -> VllmArgSpec | None:
     try:
-        return _spec_from_json(json.loads(path.read_text(encoding="utf-8")), "installed")
+        data = json.loads(path.read_text(encoding="utf-8"))
+        return _spec_from_json(data, "installed", python=python)
     except (OSError, ValueError, KeyError, TypeError):
         # Missing or corrupt: introspect again and overwrite it.
         return None
@@ -272,53 +281,49 @@ def _read_cache(path: Path) -> VllmArgSpec | None:
 def _write_cache(path: Path, data: dict[str, Any]) -> None:
     # A read-only home must not break validation: the cache is only a speed-up.
     with contextlib.suppress(OSError):
-        _write_json_atomic(path, data)
+        write_json_atomic(path, data)
 
 
-def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(data, fh, indent=1, sort_keys=False)
-            fh.write("\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        # mkstemp creates 0600; the bundled list is package data and must be readable.
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
+    # 0o644: the bundled list is package data and must be readable.
+    atomic_write(path, json.dumps(data, indent=1, sort_keys=False) + "\n", mode=0o644)
 
 
-def introspect(python: str | None = None) -> dict[str, Any]:
-    """Run the introspection script in a subprocess; RuntimeError with the cause on failure."""
-    interpreter = python or sys.executable
-    with tempfile.TemporaryDirectory(prefix="forge-vllm-args-") as tmp:
-        out = Path(tmp) / "spec.json"
+def run_vllm_script(
+    python: str, script: str, args: list[str], timeout_s: float = INTROSPECT_TIMEOUT_S
+) -> Any:
+    """Run `script` in `python` with `args` and an output path appended; its JSON output.
+
+    RuntimeError with the cause (exit code and stderr tail, timeout) on failure.
+    """
+    with tempfile.TemporaryDirectory(prefix="forge-vllm-") as tmp:
+        out = Path(tmp) / "out.json"
         env = {**os.environ, "VLLM_LOGGING_LEVEL": "ERROR", "TQDM_DISABLE": "1"}
         try:
             proc = subprocess.run(
-                [interpreter, "-c", _INTROSPECT_SCRIPT, str(out)],
+                [python, "-c", script, *args, str(out)],
                 capture_output=True,
                 text=True,
-                timeout=INTROSPECT_TIMEOUT_S,
+                timeout=timeout_s,
                 env=env,
                 stdin=subprocess.DEVNULL,
             )
         except subprocess.TimeoutExpired:
-            raise RuntimeError(f"timed out after {INTROSPECT_TIMEOUT_S:.0f} s") from None
+            raise RuntimeError(f"timed out after {timeout_s:.0f} s") from None
         except OSError as e:
-            raise RuntimeError(f"cannot run {interpreter}: {e.strerror or e}") from None
+            raise RuntimeError(f"cannot run {python}: {e.strerror or e}") from None
         if proc.returncode != 0:
             tail = "\n".join(proc.stderr.strip().splitlines()[-5:])
             raise RuntimeError(f"exit code {proc.returncode}: {tail}")
         try:
-            data = json.loads(out.read_text(encoding="utf-8"))
+            return json.loads(out.read_text(encoding="utf-8"))
         except (OSError, ValueError) as e:
             raise RuntimeError(f"no usable output: {e}") from None
+
+
+def introspect(python: str | None = None) -> dict[str, Any]:
+    """Run the introspection script in a subprocess; RuntimeError with the cause on failure."""
+    data = run_vllm_script(python or sys.executable, _INTROSPECT_SCRIPT, [])
     if not isinstance(data, dict) or not data.get("args"):
         raise RuntimeError("introspection returned no arguments")
     return data
@@ -345,7 +350,24 @@ def _nearest(name: str, candidates: set[str] | dict[str, str]) -> str | None:
 
 
 def validate_recipe_args(recipe: Recipe, spec: VllmArgSpec) -> None:
-    """Raise one RecipeError listing every config/compilation key this vLLM doesn't know."""
+    """Raise one RecipeError listing every config/compilation key this vLLM doesn't know.
+
+    Names only; vllm_values.RecipeChecker checks the values as well.
+    """
+    raise_problems(recipe.path, name_problems(recipe, spec))
+
+
+def raise_problems(path: Path | None, problems: list[tuple[str, str]]) -> None:
+    """One RecipeError for every (field, message), named after the first field."""
+    if not problems:
+        return
+    (field_name, first), rest = problems[0], problems[1:]
+    message = first + "".join(f"; also {f}: {m}" for f, m in rest)
+    raise RecipeError(path, field_name, message)
+
+
+def name_problems(recipe: Recipe, spec: VllmArgSpec) -> list[tuple[str, str]]:
+    """(field, message) for every config/compilation key and quant name this vLLM lacks."""
     problems: list[tuple[str, str]] = []
     for key in recipe.config:
         if key in spec.args:
@@ -367,12 +389,7 @@ def validate_recipe_args(recipe: Recipe, spec: VllmArgSpec) -> None:
         msg = f"'{key}' is not a CompilationConfig field of vLLM {spec.version} ({spec.source}); "
         msg += f"nearest valid name: '{near}'" if near else "no close match"
         problems.append((f"compilation.{key}", msg))
-    problems += _quant_problems(recipe, spec)
-    if not problems:
-        return
-    (field_name, first), rest = problems[0], problems[1:]
-    message = first + "".join(f"; also {f}: {m}" for f, m in rest)
-    raise RecipeError(recipe.path, field_name, message)
+    return problems + _quant_problems(recipe, spec)
 
 
 def _quant_problems(recipe: Recipe, spec: VllmArgSpec) -> list[tuple[str, str]]:
@@ -428,7 +445,7 @@ def main(argv: list[str] | None = None) -> int:
         json.dump(spec.to_json(), sys.stdout, indent=1)
         print()
     else:
-        _write_json_atomic(ns.dump, spec.to_json())
+        write_json_atomic(ns.dump, spec.to_json())
         print(
             f"wrote {len(spec.args)} args and {len(spec.compilation_fields)} compilation "
             f"fields of {found[0]} {found[1]} to {ns.dump}"

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import re
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
@@ -26,6 +27,10 @@ from pydantic_core import PydanticCustomError
 
 from pytest_forge.errors import WorkloadError
 from pytest_forge.slo import SLO
+from pytest_forge.yaml_io import YamlInputError, read_text
+from pytest_forge.yaml_io import line_of as _line_of
+from pytest_forge.yaml_io import load as load_yaml
+from pytest_forge.yaml_io import plain as _plain
 
 ScorerName = Literal["exact", "contains", "regex", "agreement"]
 Mode = Literal["closed", "open"]
@@ -316,8 +321,6 @@ def load_workload(path: Path | str) -> Workload:
     workload = Workload(name=name, path=path, requests=requests, replay=replay)
     if replay.accuracy.scorer == "regex":
         # Fail at load, not after a whole benchmark run, on a pattern that cannot compile.
-        from pytest_forge.accuracy import compile_reference_patterns
-
         compile_reference_patterns(workload)
     return workload
 
@@ -342,75 +345,28 @@ def _resolve_mode(
     return replay.model_copy(update={"mode": mode})
 
 
-def _yaml() -> Any:
-    from ruamel.yaml import YAML
-
-    # Round-trip mode keeps each key's line number; it also rejects duplicate keys.
-    return YAML(typ="rt", pure=True)
-
-
-def _plain(node: Any) -> Any:
-    """ruamel's round-trip types (ScalarFloat, CommentedMap...) as plain Python values."""
-    if isinstance(node, Mapping):
-        return {str(k): _plain(v) for k, v in node.items()}
-    if isinstance(node, list):
-        return [_plain(v) for v in node]
-    if isinstance(node, bool):
-        return bool(node)
-    if isinstance(node, int):
-        return int(node)
-    if isinstance(node, float):
-        return float(node)
-    if isinstance(node, str):
-        return str(node)
-    return node
-
-
-def _line_of(doc: Any, loc: Sequence[int | str]) -> int | None:
-    """1-based line of the key at ``loc`` in a round-trip document, or of its nearest parent."""
-    line: int | None = None
-    node = doc
-    for part in loc:
-        lc = getattr(node, "lc", None)
-        if isinstance(node, Mapping) and part in node:
-            if lc is not None:
-                line = lc.key(part)[0] + 1
-            node = node[part]
-        elif isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
-            if lc is not None:
-                line = lc.item(part)[0] + 1
-            node = node[part]
-        else:
-            break
-    return line
-
-
 def _sidecar_line(sidecar: Path, loc: Sequence[int | str]) -> int | None:
     if not sidecar.is_file():
         return None
     try:
-        return _line_of(_yaml().load(sidecar.read_text(encoding="utf-8")), loc)
+        return _line_of(load_yaml(read_text(sidecar)), loc)
     except Exception:  # only used to decorate an error that is already being raised
         return None
 
 
 def load_replay(sidecar: Path | str) -> Replay:
     """Parse a ``<name>.yaml`` sidecar; errors name the sidecar, the line and the key."""
-    from ruamel.yaml.error import MarkedYAMLError, YAMLError
-
     sidecar = Path(sidecar)
     try:
-        text = sidecar.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
+        text = read_text(sidecar)
+    except OSError as exc:
         raise WorkloadError(sidecar, None, None, f"cannot read: {exc}") from None
+    except YamlInputError as exc:
+        raise WorkloadError(sidecar, exc.line, None, f"cannot read: {exc.message}") from None
     try:
-        doc = _yaml().load(text)
-    except MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        line = mark.line + 1 if mark is not None else None
-        raise WorkloadError(sidecar, line, None, f"invalid YAML: {exc.problem or exc}") from None
-    except YAMLError as exc:
-        raise WorkloadError(sidecar, None, None, f"invalid YAML: {exc}") from None
+        doc = load_yaml(text)
+    except YamlInputError as exc:
+        raise WorkloadError(sidecar, exc.line, None, f"invalid YAML: {exc.message}") from None
     if doc is None:
         return Replay()
     if not isinstance(doc, Mapping):
@@ -445,3 +401,20 @@ __all__ = [
     "load_replay",
     "load_workload",
 ]
+
+
+def _compile(request: WorkloadRequest, workload: Workload) -> re.Pattern[str]:
+    try:
+        return re.compile(request.reference or "")
+    except re.error as exc:
+        raise WorkloadError(
+            workload.path,
+            request.line,
+            "reference",
+            f"request '{request.id}': invalid regular expression {request.reference!r}: {exc}",
+        ) from None
+
+
+def compile_reference_patterns(workload: Workload) -> dict[str, re.Pattern[str]]:
+    """Each request's reference compiled as a regex; a bad one raises naming the request."""
+    return {r.id: _compile(r, workload) for r in workload.requests if r.reference is not None}

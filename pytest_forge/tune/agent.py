@@ -28,8 +28,21 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 import httpx
 import yaml
 
+from pytest_forge.endpoint import (
+    Credentials,
+    redact_url,
+    require_secure_transport,
+    split_credentials,
+)
 from pytest_forge.errors import AgentError, ForgeError, RecipeError
-from pytest_forge.hardware import quant_unsupported_reason
+from pytest_forge.hardware import recipe_quant_problem
+from pytest_forge.tune.agent_spec import (
+    DEFAULT_ANTHROPIC_MODEL,
+    anthropic_base_url,
+    default_agent_spec,
+    parse_agent_spec,
+    public_agent_spec,
+)
 from pytest_forge.tune.playbook import (
     Playbook,
     SearchSpace,
@@ -58,12 +71,12 @@ __all__ = [
     "default_agent_spec",
     "make_agent",
     "parse_answer",
+    "public_agent_spec",
     "validate_proposal",
 ]
 
 log = logging.getLogger(__name__)
 
-DEFAULT_ANTHROPIC_MODEL = "claude-sonnet-4-6"
 MAX_ATTEMPTS = 3  # one ask + two re-asks with the refusal reason
 MAX_ANSWER_TOKENS = 1024
 _SNIPPET_CHARS = 400
@@ -143,19 +156,8 @@ def _flatten(recipe: Recipe) -> dict[str, Any]:
 def _hardware_gate(
     host: HostHardware, changes: Mapping[str, Any], recipe_gpus: int | None = None
 ) -> str | None:
+    # Quantization is gated on the whole candidate (_check): quant.* and config.* spell it.
     for key, value in changes.items():
-        method: str | None = None
-        if key == "quant.method":
-            method = str(value)
-        elif key in ("quant.kv_cache_quant", "config.kv_cache_dtype") and str(
-            value
-        ).lower().startswith("fp8"):
-            # Only FP8 KV caches are gated; "auto"/"none" store in the model dtype.
-            method = "fp8"
-        if method is not None:
-            why = quant_unsupported_reason(host, None, method)
-            if why:
-                return f"{key}={value!r} is not allowed on this hardware: {why}"
         if key == "config.tensor_parallel_size":
             # The recipe declares its GPUs (hardware.count); the winner must run there,
             # not only on this (maybe bigger) host.
@@ -231,6 +233,9 @@ def _check(ctx: ProposalContext, proposal: Proposal) -> tuple[Proposal | None, s
         candidate = ctx.recipe.with_changes(canonical)
     except ForgeError as e:
         return None, f"the recipe rejects it: {e}"
+    quant = recipe_quant_problem(candidate, ctx.hardware)
+    if quant:
+        return None, f"{quant[0]} is not allowed on this hardware: {quant[1]}"
     refusal = _vllm_would_refuse(candidate)
     if refusal:
         return None, refusal
@@ -453,7 +458,7 @@ def _price(model: str, table: Mapping[str, tuple[float, float]]) -> tuple[float,
 
 
 class AnthropicAgent(_ChatAgent):
-    """Claude through the official SDK (which honours ANTHROPIC_BASE_URL)."""
+    """Claude through the official SDK, at ANTHROPIC_BASE_URL when set (https or loopback)."""
 
     def __init__(
         self,
@@ -482,7 +487,8 @@ class AnthropicAgent(_ChatAgent):
             # Retry-After; we only translate what is left when it gives up.
             client = anthropic.Anthropic(
                 api_key=key,
-                base_url=env.get("ANTHROPIC_BASE_URL") or None,
+                # Explicit, so the SDK never reads a different ANTHROPIC_BASE_URL itself.
+                base_url=anthropic_base_url(env),
                 max_retries=max_retries,
                 timeout=timeout,
             )
@@ -559,6 +565,7 @@ class OpenAICompatibleAgent(_ChatAgent):
         playbook: Playbook | None = None,
         name: str | None = None,
         key_env: str | None = None,
+        credentials: Credentials | None = None,
         client: httpx.Client | None = None,
         sleep: Callable[[float], None] = time.sleep,
         rng: random.Random | None = None,
@@ -568,14 +575,33 @@ class OpenAICompatibleAgent(_ChatAgent):
         max_wait_s: float = 60.0,
         json_mode: bool = False,
     ) -> None:
-        self.base_url = base_url.rstrip("/")
+        try:
+            # user:password never stays in the URL (nor in names, messages, tracebacks):
+            # it is sent as Basic auth, by httpx from ``auth=``.
+            clean, found = split_credentials(base_url, "agent URL")
+        except ForgeError as e:
+            raise AgentError(str(e)) from None
+        credentials = credentials or found
+        self.base_url = clean.rstrip("/")
         self.model = model
-        self.name = name or f"{_public_url(self.base_url)}#{model}"
+        self.name = name or f"{redact_url(self.base_url)}#{model}"
+        if api_key and credentials is not None:
+            raise AgentError(
+                f"{self.name}: an API key and the URL's user:password would both be the "
+                "Authorization header: give one"
+            )
+        if api_key:
+            require_secure_transport(self.base_url, self.name, key_env or "an API key", key_env)
+        if credentials is not None:
+            require_secure_transport(self.base_url, self.name, "the URL's user:password")
         self.playbook = playbook or load_playbook()
         self.usage = AgentUsage()
         self._key_env = key_env
         self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        self._secrets = (api_key,) if api_key else ()
+        self._auth = credentials.auth() if credentials is not None else None
+        self._secrets = tuple(
+            s for s in (api_key, credentials and credentials.password) if isinstance(s, str) and s
+        )
         self._client = client or httpx.Client(timeout=timeout)
         self._sleep = sleep
         self._rng = rng or random.Random()
@@ -605,7 +631,7 @@ class OpenAICompatibleAgent(_ChatAgent):
             wait: float | None = None
             try:
                 response = self._client.post(
-                    url, json=body, headers=self._headers, timeout=self.timeout
+                    url, json=body, headers=self._headers, auth=self._auth, timeout=self.timeout
                 )
             except httpx.TimeoutException:
                 last = f"timed out after {self.timeout:g} s"
@@ -666,20 +692,6 @@ class OpenAICompatibleAgent(_ChatAgent):
             float(cost) if isinstance(cost, (int, float)) else 0.0,
         )
         return str(content)
-
-
-def public_agent_spec(spec: str) -> str:
-    """The spec without any user:password in a base URL: what may be written to disk."""
-    if spec.startswith(("http://", "https://")):
-        base, sep, model = spec.partition("#")
-        return _public_url(base) + sep + model
-    return spec
-
-
-def _public_url(url: str) -> str:
-    """The URL without any user:password part, for names and messages."""
-    parsed = httpx.URL(url)
-    return str(parsed.copy_with(username=None, password=None)) if parsed.userinfo else url
 
 
 # ----------------------------------------------------------------------- offline agent
@@ -822,22 +834,6 @@ class PlaybookAgent:
 
 # ----------------------------------------------------------------------- factory
 
-_PROVIDERS: dict[str, tuple[str, str, str | None]] = {
-    # provider: (default base URL, env var overriding it, env var holding the key)
-    "openai": ("https://api.openai.com/v1", "OPENAI_BASE_URL", "OPENAI_API_KEY"),
-    "openrouter": ("https://openrouter.ai/api/v1", "OPENROUTER_BASE_URL", "OPENROUTER_API_KEY"),
-    "ollama": ("http://127.0.0.1:11434/v1", "OLLAMA_BASE_URL", None),
-}
-_SPEC_HELP = (
-    "use playbook, anthropic/<model>, openai/<model>, openrouter/<model>, ollama/<model> "
-    "or an OpenAI-compatible base URL with the model after '#': http://host:8000/v1#<model>"
-)
-
-
-def default_agent_spec(env: Mapping[str, str] = os.environ) -> str:
-    """Claude when ANTHROPIC_API_KEY is set, else the offline playbook agent."""
-    return f"anthropic/{DEFAULT_ANTHROPIC_MODEL}" if env.get("ANTHROPIC_API_KEY") else "playbook"
-
 
 def make_agent(
     spec: str, playbook: Playbook | None = None, env: Mapping[str, str] = os.environ
@@ -849,49 +845,27 @@ def make_agent(
     - ``openai/<model>``: needs OPENAI_API_KEY; OPENAI_BASE_URL overrides the endpoint.
     - ``openrouter/<model>``: needs OPENROUTER_API_KEY (the model may contain '/').
     - ``ollama/<model>``: local Ollama, no key; OLLAMA_BASE_URL overrides the endpoint.
-    - ``http(s)://host[:port]/v1#<model>``: any OpenAI-compatible endpoint; the model
-      follows '#' (a URL fragment never reaches the server, and '@' would clash with
-      user:password@host); OPENAI_API_KEY is sent when set.
+    - ``http(s)://[user:password@]host[:port]/v1#<model>``: any OpenAI-compatible endpoint;
+      the model follows '#'. user:password is sent as Basic auth, else OPENAI_API_KEY
+      when set.
+
+    Keys and user:password travel only over https or to a loopback host: anything else
+    raises InsecureCredentialsError (see :mod:`pytest_forge.tune.agent_spec`).
     """
-    spec = (spec or "").strip()
+    target = parse_agent_spec(spec, env)
     playbook = playbook or load_playbook()
-    if spec == "playbook":
+    if target.kind == "playbook":
         return PlaybookAgent(playbook)
-    if spec.startswith(("http://", "https://")):
-        base, sep, model = spec.partition("#")
-        if not sep or not model.strip() or not httpx.URL(base).host:
-            raise AgentError(f"agent spec {_public_url(base)!r}: {_SPEC_HELP}")
-        return OpenAICompatibleAgent(
-            base,
-            model.strip(),
-            env.get("OPENAI_API_KEY") or None,
-            playbook=playbook,
-            key_env="OPENAI_API_KEY",
-            json_mode=False,
-        )
-    provider, sep, model = spec.partition("/")
-    if not sep or not model.strip():
-        raise AgentError(f"agent spec {spec!r}: {_SPEC_HELP}")
-    model = model.strip()
-    if provider == "anthropic":
-        if not env.get("ANTHROPIC_API_KEY"):
-            raise AgentError(f"agent {spec}: set ANTHROPIC_API_KEY in the environment")
-        return AnthropicAgent(model, playbook, env=env)
-    if provider not in _PROVIDERS:
-        raise AgentError(f"agent spec {spec!r}: unknown provider {provider!r}; {_SPEC_HELP}")
-    default_url, url_env, key_env = _PROVIDERS[provider]
-    base = env.get(url_env) or default_url
-    if provider == "ollama" and not httpx.URL(base).path.strip("/"):
-        base = base.rstrip("/") + "/v1"  # OLLAMA_BASE_URL is often given as host:port
-    key = env.get(key_env) if key_env else None
-    if key_env and not key:
-        raise AgentError(f"agent {spec}: set {key_env} in the environment")
+    if target.kind == "anthropic":
+        return AnthropicAgent(target.model, playbook, env=env)
+    assert target.base_url is not None
     return OpenAICompatibleAgent(
-        base,
-        model,
-        key,
+        target.base_url,
+        target.model,
+        target.api_key,
         playbook=playbook,
-        name=spec,
-        key_env=key_env,
-        json_mode=provider in ("openai", "ollama"),
+        name=target.name,
+        key_env=target.key_env,
+        credentials=target.credentials,
+        json_mode=target.json_mode,
     )

@@ -18,11 +18,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr
-from ruamel.yaml import YAML
-from ruamel.yaml.error import MarkedYAMLError, YAMLError
 
 from pytest_forge.errors import ForgeError
 from pytest_forge.hardware import quant_supported
+from pytest_forge.recipe import quant_method_problem
+from pytest_forge.serving_policy import search_key_problem
+from pytest_forge.yaml_io import YamlInputError, read_text
+from pytest_forge.yaml_io import load as load_yaml
+from pytest_forge.yaml_io import plain as _plain
 
 if TYPE_CHECKING:
     from pytest_forge.hardware import HostHardware
@@ -75,7 +78,13 @@ _NAME_PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
 
 _NO_QUANT = ("none", "auto", "bf16", "fp16", "bfloat16", "float16")
 # Search-space keys whose values are quantization methods or FP8 KV cache dtypes.
-_QUANT_KEYS = ("quant.method", "quant.kv_cache_quant", "config.kv_cache_dtype")
+_QUANT_KEYS = (
+    "quant.method",
+    "quant.kv_cache_quant",
+    "config.kv_cache_dtype",
+    "config.quantization",
+)
+_METHOD_KEYS = ("quant.method", "config.quantization")
 
 Scalar = StrictBool | StrictInt | StrictFloat | StrictStr
 
@@ -216,9 +225,9 @@ def load_playbook(path: Path | str | None = None) -> Playbook:
     """
     target = Path(path) if path is not None else bundled_playbook_path()
     try:
-        text = target.read_text(encoding="utf-8")
-    except OSError as e:
-        raise ForgeError(f"{target}: cannot read the playbook: {e.strerror or e}") from None
+        text = read_text(target)
+    except (OSError, YamlInputError) as e:
+        raise ForgeError(f"{target}: cannot read the playbook: {_read_error(e)}") from None
     spaces, problems = _parse(text, target)
     if problems:
         raise ForgeError(
@@ -231,9 +240,9 @@ def validate_playbook(path: Path | str | None = None) -> list[str]:
     """Every problem in a playbook, each naming the file and (where it has one) the line."""
     target = Path(path) if path is not None else bundled_playbook_path()
     try:
-        text = target.read_text(encoding="utf-8")
-    except OSError as e:
-        return [f"{target}: cannot read the playbook: {e.strerror or e}"]
+        text = read_text(target)
+    except (OSError, YamlInputError) as e:
+        return [f"{target}: cannot read the playbook: {_read_error(e)}"]
     _, problems = _parse(text, target)
     declared = {block.cls for block in _find_blocks(text)}
     missing = [c for c in HARDWARE_CLASSES if c not in declared]
@@ -243,6 +252,10 @@ def validate_playbook(path: Path | str | None = None) -> list[str]:
             f"(add a '## Search space: <CLASS>' heading with a ```yaml block for each)"
         )
     return problems
+
+
+def _read_error(error: OSError | YamlInputError) -> str:
+    return str(error.strerror or error) if isinstance(error, OSError) else str(error)
 
 
 def playbook_show(path: Path | str | None = None) -> str:
@@ -379,16 +392,11 @@ def _parse(text: str, path: Path) -> tuple[dict[str, SearchSpace], list[str]]:
 def _parse_space(block: _Block, path: Path) -> tuple[SearchSpace | None, list[str]]:
     assert block.yaml_text is not None
     base = block.first_line  # absolute line of the block's line 0 (ruamel lines are 0-based)
-    yaml = YAML(typ="rt")
     try:
-        data = yaml.load(block.yaml_text)
-    except MarkedYAMLError as e:
-        mark = e.problem_mark or e.context_mark
-        line = base + mark.line if mark is not None else block.first_line
-        what = e.problem or e.context or "bad YAML"
-        return None, [f"{path}:{line}: {block.cls} search space: invalid YAML: {what}"]
-    except YAMLError as e:
-        return None, [f"{path}:{block.first_line}: {block.cls} search space: invalid YAML: {e}"]
+        data = load_yaml(block.yaml_text)
+    except YamlInputError as e:
+        line = base + e.line - 1 if e.line is not None else block.first_line
+        return None, [f"{path}:{line}: {block.cls} search space: invalid YAML: {e.message}"]
 
     def at(node: Any, key: Any = None) -> int:
         try:
@@ -436,6 +444,10 @@ def _parse_space(block: _Block, path: Path) -> tuple[SearchSpace | None, list[st
         gate = _gate_problem(block.cls, key, spec)
         if gate:
             problems.append(f"{where}: {gate}")
+        # Reserved args and code-loading options never enter the agent's search space.
+        unsafe = search_key_problem(key, list(spec.values))
+        if unsafe:
+            problems.append(f"{where}: {unsafe}")
         specs[key] = spec
     if problems:
         return None, problems
@@ -458,27 +470,15 @@ def _spec_errors(error: ValueError, where: str) -> list[str]:
     return out
 
 
-def _plain(node: Any) -> Any:
-    """ruamel's commented containers as plain dicts/lists (pydantic wants plain types)."""
-    if isinstance(node, dict):
-        return {str(k): _plain(v) for k, v in node.items()}
-    if isinstance(node, list):
-        return [_plain(v) for v in node]
-    if isinstance(node, bool) or node is None:
-        return node
-    if isinstance(node, int):
-        return int(node)
-    if isinstance(node, float):
-        return float(node)
-    if isinstance(node, str):
-        return str(node)
-    return node
-
-
 def _gate_problem(cls: str, key: str, spec: ParamSpec) -> str | None:
-    """A quantization value this class cannot run (seeds/001's gates)."""
+    """A quantization value this class cannot run (seeds/001's gates), or a method label
+    every recipe refuses (int8/int4 name no vLLM method: they would run unquantized)."""
     if key not in _QUANT_KEYS:
         return None
+    for value in spec.values if key in _METHOD_KEYS else ():
+        refused = quant_method_problem(str(value))
+        if refused:
+            return refused
     bad = []
     for value in spec.values:
         method = str(value).lower()
@@ -489,7 +489,8 @@ def _gate_problem(cls: str, key: str, spec: ParamSpec) -> str | None:
         if cls == "CPU":
             bad.append(value)
             continue
-        gate_method = "fp8" if key != "quant.method" and method.startswith("fp8") else method
+        fp8_kv = key not in _METHOD_KEYS and method.startswith("fp8")
+        gate_method = "fp8" if fp8_kv else method
         name, cc = _CLASS_GPU[cls]
         if not quant_supported(name, cc, gate_method):
             bad.append(value)
@@ -499,7 +500,7 @@ def _gate_problem(cls: str, key: str, spec: ParamSpec) -> str | None:
         return f"{_show_values(bad)}: no quantization on CPU"
     return (
         f"{_show_values(bad)} cannot run on {cls} "
-        "(FP8 needs SM >= 9.0 or MI300X; see the quantization gates)"
+        "(FP8 needs SM >= 8.9 or MI300X; see the quantization gates)"
     )
 
 

@@ -10,11 +10,15 @@
 
 ``experiments.jsonl`` is the source of truth: the tables are derived from it and a SIGKILL at
 any moment costs at most the experiment in flight (its half-written line is dropped).
+
+One process at a time: the tune that creates or resumes a run claims it (a lock held for the
+session, see :meth:`RunStore.claim`), and each append happens under the log's lock and refuses
+an experiment number another writer took, so two resumes of one run cannot both store
+"experiment 1" and leave the run unresumable.
 """
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import datetime as _dt
 import io
@@ -23,12 +27,12 @@ import logging
 import math
 import os
 import re
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pytest_forge.errors import ForgeError
+from pytest_forge.fileio import Claim, LockTimeout, atomic_write, fsync_dir, locked
 
 if TYPE_CHECKING:
     from pytest_forge.recipe import Recipe
@@ -42,6 +46,7 @@ TABLE_JSON = "experiments.json"
 BEST_RECIPE = "best_recipe.yaml"
 COMPLETED = "completed.json"
 LOGS = "logs"
+CLAIM = "run"  # the run's owner holds the lock of <run>/run (the sidecar .run.lock)
 
 REDACTED = "***redacted***"
 # Matched against each word of a key, so "api_key", "HF_TOKEN", "apiKey" and
@@ -103,35 +108,6 @@ def redact(value: Any, where: str = "config") -> Any:
 
 
 # -- durable files ---------------------------------------------------------------------
-def _fsync_dir(path: Path) -> None:
-    # A new or renamed file survives a power cut only once its directory entry is synced.
-    # Some filesystems refuse directory fsync; the data itself is already synced by then.
-    with contextlib.suppress(OSError):
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-def atomic_write_text(path: Path, text: str) -> Path:
-    """Write ``text`` to ``path`` so readers see the old or the new file, never half of one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    _fsync_dir(path.parent)
-    return path
-
-
 def _dump(data: Any) -> str:
     return json.dumps(data, indent=2, ensure_ascii=False, allow_nan=False) + "\n"
 
@@ -293,6 +269,7 @@ class RunStore:
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
+        self._claim: Claim | None = None
 
     def __repr__(self) -> str:
         return f"RunStore({str(self.path)!r})"
@@ -303,8 +280,11 @@ class RunStore:
 
     # construction
     @classmethod
-    def create(cls, root: Path, config: Mapping[str, Any]) -> RunStore:
-        """A new run ``<root>/<NNN>_<timestamp>/`` whose config.json records ``config``."""
+    def create(cls, root: Path, config: Mapping[str, Any], *, claim: bool = False) -> RunStore:
+        """A new run ``<root>/<NNN>_<timestamp>/`` whose config.json records ``config``.
+
+        ``claim``: claimed before config.json exists, so no resume can pick it up first.
+        """
         root = Path(root)
         safe = redact(dict(config))  # refuse an env dump before touching the disk
         root.mkdir(parents=True, exist_ok=True)
@@ -319,14 +299,16 @@ class RunStore:
                 break
             except FileExistsError:
                 continue
-        _fsync_dir(root)
+        fsync_dir(root)
         store = cls(path)
+        if claim:
+            store.claim()
         data = {
             "run": path.name,
             "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             **safe,
         }
-        atomic_write_text(path / CONFIG, _dump(data))
+        atomic_write(path / CONFIG, _dump(data))
         return store
 
     @classmethod
@@ -380,30 +362,68 @@ class RunStore:
         return _read_experiments(self.path / EXPERIMENTS)
 
     def append_experiment(self, record: Mapping[str, Any]) -> None:
-        """Durably append one experiment, then regenerate the derived tables."""
+        """Durably append one experiment, then regenerate the derived tables.
+
+        Under the log's lock: a record numbered ``exp`` must be the run's next experiment,
+        else another process stored that number meanwhile, and this one is refused (the
+        run stays as it was, and resumable).
+        """
         safe = redact(dict(record), "experiment")
         line = (json.dumps(safe, ensure_ascii=False, allow_nan=False) + "\n").encode("utf-8")
         path = self.path / EXPERIMENTS
-        created = not path.exists()
-        if not created:
-            _drop_partial_tail(path)
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        with locked(path, what="the experiment log's lock"):
+            exp = safe.get("exp")
+            if isinstance(exp, int) and not isinstance(exp, bool):
+                stored = len(self.experiments())
+                if exp != stored:
+                    raise ForgeError(
+                        f"{path}: experiment {exp} cannot be stored: the run already holds "
+                        f"{stored} experiment(s), so another process wrote to this run since "
+                        "this tune read it (two --forge-resume of one run at once?). This "
+                        "result is not stored and the run is unchanged: resume it once the "
+                        "other process has finished"
+                    )
+            created = not path.exists()
+            if not created:
+                _drop_partial_tail(path)
+            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            try:
+                view = memoryview(line)
+                while view:
+                    written = os.write(fd, view)
+                    view = view[written:]
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            if created:
+                fsync_dir(self.path)
+            self._write_tables()
+
+    # ownership
+    def claim(self) -> None:
+        """Own this run until :meth:`release` (or this process ends): another process's
+        claim fails at once, naming this one's pid. Claiming twice is a no-op."""
+        if self._claim is not None and not self._claim.released:
+            return
         try:
-            view = memoryview(line)
-            while view:
-                written = os.write(fd, view)
-                view = view[written:]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        if created:
-            _fsync_dir(self.path)
-        self._write_tables()
+            self._claim = Claim(self.path / CLAIM, timeout=0)
+        except LockTimeout as exc:
+            raise ForgeError(
+                f"tune run {self.path} is in use by {exc.holder}: another pytest-forge "
+                "process is tuning or resuming it. Wait for it to finish (then "
+                "--forge-resume continues the run), or start a new run (without "
+                "--forge-resume)"
+            ) from None
+
+    def release(self) -> None:
+        if self._claim is not None:
+            self._claim.release()
+            self._claim = None
 
     def _write_tables(self) -> None:
         records = self.experiments()
-        atomic_write_text(self.path / TSV, _tsv(records))
-        atomic_write_text(self.path / TABLE_JSON, _dump(records))
+        atomic_write(self.path / TSV, _tsv(records))
+        atomic_write(self.path / TABLE_JSON, _dump(records))
 
     def write_best_recipe(self, recipe: Recipe) -> Path:
         """``best_recipe.yaml``: the best recipe so far (Recipe.save writes atomically)."""
@@ -411,7 +431,7 @@ class RunStore:
         source = recipe.path
         if not target.exists() and source is not None and source.is_file():
             # Start from the user's file so its comments carry over (save edits in place).
-            atomic_write_text(target, source.read_text(encoding="utf-8"))
+            atomic_write(target, source.read_text(encoding="utf-8"))
         # Save a copy: save() re-points the recipe at the file it wrote, and the tune's
         # recipes must keep pointing at recipes/ (recorded outputs are found beside it).
         return recipe.model_copy().save(target)
@@ -431,7 +451,7 @@ class RunStore:
             "completed_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             **redact(dict(summary), "summary"),
         }
-        atomic_write_text(self.path / COMPLETED, _dump(data))
+        atomic_write(self.path / COMPLETED, _dump(data))
 
     @property
     def is_completed(self) -> bool:
@@ -452,121 +472,10 @@ def _run_number(path: Path) -> int | None:
     return int(match.group(1)) if match else None
 
 
-# -- forge report RUN_DIR ----------------------------------------------------------------
-REPORT_COLUMNS = (
-    "exp",
-    "id",
-    "gen",
-    "score",
-    "tok/s",
-    "p99_ms",
-    "accuracy",
-    "kept",
-    "status",
-    "rationale",
-)
-RATIONALE_WIDTH = 60
-
-
-def _best_record(records: list[dict[str, Any]]) -> dict[str, Any] | None:
-    best = None
-    for r in records:
-        if r.get("status") in ("baseline", "kept"):
-            best = r
-    return best
-
-
-def _resolve_run_dir(path: Path) -> Path:
-    """A run directory as given, or the latest run under ``.forge/`` or ``.forge/runs/``."""
-    if (path / CONFIG).is_file():
-        return path
-    for root in (path / "runs", path):
-        if root.is_dir():
-            runs = [p for p in root.iterdir() if _run_number(p) is not None and p.is_dir()]
-            if runs:
-                return max(runs, key=lambda p: (_run_number(p), p.name))
-    return path  # open() then says what is missing
-
-
-def render_report(run_dir: Path) -> str:
-    """The ``forge report RUN_DIR`` table: a header on the best so far, then every experiment."""
-    run_dir = _resolve_run_dir(Path(run_dir))
-    store = RunStore.open(run_dir)
-    records = store.experiments()
-    config = store.config
-    best = _best_record(records)
-    counts: dict[str, int] = {}
-    for r in records:
-        status = str(r.get("status"))
-        counts[status] = counts.get(status, 0) + 1
-
-    lines = [f"=== Forge Report: {run_dir} ==="]
-    recipe = config.get("recipe_id")
-    if recipe:
-        lines.append(f"Recipe: {recipe}")
-    objective = next((r.get("objective") for r in records if r.get("objective")), None)
-    objective = objective or config.get("objective")
-    if objective:
-        lines.append(f"Objective: {objective}")
-    breakdown = ", ".join(f"{n} {s}" for s, n in counts.items())
-    lines.append(f"Total experiments: {len(records)}" + (f" ({breakdown})" if breakdown else ""))
-    if best is not None:
-        summary = record_summary(best)
-        lines += [
-            f"Best score: {_fmt(_num(best.get('score')), '.4f')}",
-            f"Best recipe ID: {best.get('recipe_id') or '-'}",
-            f"Best generation: {_text(best.get('generation'))}",
-            f"Throughput: {_fmt(summary['tok_s'], '.1f')} tok/s",
-            f"P99 latency: {_fmt(summary['p99_ms'], '.0f')} ms",
-        ]
-    done = store.completed()
-    if done is not None:
-        lines.append(f"Status: completed — {_one_line(done.get('message'))}")
-    else:
-        lines.append("Status: unfinished (interrupted or still running; resumable)")
-    lines.append("")
-
-    if not records:
-        lines.append("no experiments recorded yet")
-        return "\n".join(lines)
-
-    lines.append(
-        "tok/s: mean over the workloads; p99_ms: the worst workload's E2E latency p99; "
-        "accuracy: the worst workload's"
-    )
-    rows = [list(REPORT_COLUMNS)]
-    for r in records:
-        s = record_summary(r)
-        rationale = _one_line(r.get("rationale")) or _one_line(r.get("reason"))
-        if r.get("status") == "baseline":
-            rationale = rationale or "baseline"
-        rows.append(
-            [
-                str(r.get("exp")),
-                str(r.get("recipe_id") or "-"),
-                "-" if r.get("generation") is None else str(r.get("generation")),
-                _fmt(_num(r.get("score")), ".4f"),
-                _fmt(s["tok_s"], ".1f"),
-                _fmt(s["p99_ms"], ".0f"),
-                _fmt(s["accuracy"], ".3f"),
-                kept_mark(r.get("status")),
-                str(r.get("status")),
-                _truncate(rationale, RATIONALE_WIDTH),
-            ]
-        )
-    widths = [max(len(row[i]) for row in rows) for i in range(len(REPORT_COLUMNS) - 1)]
-    for row in rows:
-        cells = [cell.ljust(widths[i]) for i, cell in enumerate(row[:-1])]
-        lines.append("  ".join([*cells, row[-1]]).rstrip())
-    return "\n".join(lines)
-
-
 __all__ = [
     "REDACTED",
     "RunStore",
-    "atomic_write_text",
     "kept_mark",
     "record_summary",
     "redact",
-    "render_report",
 ]

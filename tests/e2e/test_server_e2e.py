@@ -13,7 +13,9 @@ import httpx
 import pytest
 
 from pytest_forge.errors import ServerError
-from pytest_forge.server import VllmServer, _group_members
+from pytest_forge.server import VllmServer
+from pytest_forge.server_process import group_members
+from pytest_forge.supervisor import is_gone
 
 pytestmark = pytest.mark.e2e
 
@@ -54,13 +56,25 @@ class StandInRecipe:
         return dict(self.env)
 
 
-def test_tiny_llama_boots_serves_and_stops(tiny_model_dir: Path, tmp_path: Path) -> None:
+def test_tiny_llama_boots_serves_and_stops(
+    tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("GITHUB_TOKEN", "ghp_e2e_secret")
+    monkeypatch.setenv("FORGE_PR_TOKEN", "ghp_e2e_pr_secret")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "aws_e2e_secret")
     recipe = StandInRecipe("tiny-e2e", {"enforce_eager": True, "max_model_len": 2048})
     server = VllmServer(recipe, tmp_path, boot_timeout_s=BOOT_TIMEOUT_S)
+    processes: list[int] = []
     try:
         endpoint = server.start()
         pgid = server.pid
         assert pgid is not None
+        # The supervisor, vLLM's API server under it, the engine core and its worker.
+        processes = server.processes()
+        assert server.vllm_pid in processes and len(processes) >= 4, processes
+        for pid in processes:  # no process of the server got pytest's tokens
+            environ = Path(f"/proc/{pid}/environ").read_bytes()
+            assert b"_e2e_secret" not in environ and b"GITHUB_TOKEN" not in environ, pid
         assert server.command is not None and str(tiny_model_dir) in server.command
         assert endpoint.managed and endpoint.model == "forge:tiny-llama"
         print(f"\nvLLM boot time: {server.boot_seconds:.1f}s")
@@ -77,7 +91,7 @@ def test_tiny_llama_boots_serves_and_stops(tiny_model_dir: Path, tmp_path: Path)
         )
         assert reply.status_code == 200, reply.text
         assert reply.json()["usage"]["completion_tokens"] == 8
-        # Dev mode is on for servers we boot: the bench resets the prefix cache with it.
+        # Dev mode is on with prefix caching (vLLM's default): the bench resets the cache.
         reset = httpx.post(f"{endpoint.url}/reset_prefix_cache", timeout=30, trust_env=False)
         assert reset.status_code == 200
         server.check_alive()
@@ -86,11 +100,12 @@ def test_tiny_llama_boots_serves_and_stops(tiny_model_dir: Path, tmp_path: Path)
         server.stop()
         print(f"vLLM stop time: {time.monotonic() - stopping:.1f}s")
     assert _wait_empty(pgid, 5.0)
+    assert [pid for pid in processes if not is_gone(pid)] == []
 
 
 def _wait_empty(pgid: int, timeout: float) -> bool:
     deadline = time.monotonic() + timeout
-    while _group_members(pgid):
+    while group_members(pgid):
         if time.monotonic() > deadline:
             return False
         time.sleep(0.1)
@@ -111,11 +126,12 @@ def test_sigkilled_owner_leaves_no_vllm_process(tiny_model_dir: Path, tmp_path: 
             time.sleep(0.5)
         assert pid_file.exists(), "the owner process did not boot vLLM"
         pgid = int(pid_file.read_text())
-        assert len(_group_members(pgid)) >= 2  # api server + engine core at least
+        # supervisor + api server + engine core at least
+        assert len(group_members(pgid)) >= 3
     finally:
         owner.kill()
         owner.wait()
-    assert _wait_empty(pgid, 30.0), f"left behind: {_group_members(pgid)}"
+    assert _wait_empty(pgid, 30.0), f"left behind: {group_members(pgid)}"
 
 
 def test_rejected_arg_fails_fast_with_vllms_complaint(tiny_model_dir: Path, tmp_path: Path) -> None:

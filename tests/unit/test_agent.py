@@ -13,6 +13,7 @@ import httpx
 import httpx2  # the anthropic SDK 2.x ships its own httpx fork and insists on it
 import pytest
 
+from pytest_forge.endpoint import InsecureCredentialsError
 from pytest_forge.errors import AgentError
 from pytest_forge.hardware import GpuInfo, HostHardware
 from pytest_forge.recipe import Recipe
@@ -30,6 +31,7 @@ from pytest_forge.tune.agent import (
     public_agent_spec,
     validate_proposal,
 )
+from pytest_forge.tune.agent_spec import check_agent_transport
 from pytest_forge.tune.playbook import ParamSpec, Playbook, SearchSpace, load_playbook
 
 PLAYBOOK = load_playbook()
@@ -755,3 +757,92 @@ def test_url_credentials_never_show() -> None:
     with pytest.raises(AgentError) as info:
         make_agent(f"https://user:{SECRET}@llm.example/v1", PLAYBOOK, {})
     assert SECRET not in str(info.value)
+
+
+# ------------------------------------------------------------------ where keys may go
+
+
+@pytest.mark.parametrize(
+    "spec", ["http://10.0.0.5:8000/v1#m", "http://llm.example/v1#m", "http://localhost.evil/v1#m"]
+)
+def test_a_key_is_never_sent_over_plain_http_off_this_machine(spec: str) -> None:
+    with pytest.raises(InsecureCredentialsError) as info:
+        make_agent(spec, PLAYBOOK, {"OPENAI_API_KEY": SECRET})
+    message = str(info.value)
+    assert message.startswith(f"--forge-agent {spec.partition('#')[0]}: refusing to send ")
+    assert "OPENAI_API_KEY" in message and SECRET not in message
+    # The check is at the root: building the agent directly refuses it too.
+    with pytest.raises(InsecureCredentialsError):
+        OpenAICompatibleAgent(spec.partition("#")[0], "m", SECRET, playbook=PLAYBOOK)
+    # Without a key, plain http is fine (a LAN vLLM without --api-key).
+    assert make_agent(spec, PLAYBOOK, {}).base_url == spec.partition("#")[0]
+    # With one: https anywhere, or plain http to this machine.
+    for url in ("https://llm.example/v1", "http://127.3.2.1:8000/v1", "http://[::1]:8000/v1"):
+        agent = make_agent(f"{url}#m", PLAYBOOK, {"OPENAI_API_KEY": SECRET})
+        assert isinstance(agent, OpenAICompatibleAgent) and agent.base_url == url
+
+
+@pytest.mark.parametrize(
+    ("env", "var"),
+    [
+        ({"OPENAI_API_KEY": SECRET, "OPENAI_BASE_URL": "http://proxy.example/v1"}, "OPENAI"),
+        ({"OPENROUTER_API_KEY": SECRET, "OPENROUTER_BASE_URL": "http://10.1.1.1/v1"}, "OPENROUTER"),
+    ],
+)
+def test_provider_base_url_overrides_obey_the_same_rule(env: dict[str, str], var: str) -> None:
+    spec = "openai/gpt-4o" if var == "OPENAI" else "openrouter/x/y"
+    with pytest.raises(InsecureCredentialsError, match=f"{var}_BASE_URL .for --forge-agent"):
+        make_agent(spec, PLAYBOOK, env)
+
+
+def test_anthropic_base_url_must_be_https_or_loopback(monkeypatch: pytest.MonkeyPatch) -> None:
+    env = {"ANTHROPIC_API_KEY": SECRET, "ANTHROPIC_BASE_URL": "http://proxy.example"}
+    with pytest.raises(InsecureCredentialsError, match="ANTHROPIC_BASE_URL") as info:
+        make_agent("anthropic/claude-sonnet-4-6", PLAYBOOK, env)
+    assert SECRET not in str(info.value)
+    with pytest.raises(InsecureCredentialsError):
+        AnthropicAgent("claude-sonnet-4-6", PLAYBOOK, env=env)
+    env["ANTHROPIC_BASE_URL"] = f"https://bob:{SECRET}@proxy.example"
+    with pytest.raises(AgentError, match="drop the user:password") as info2:
+        make_agent("anthropic/claude-sonnet-4-6", PLAYBOOK, env)
+    assert SECRET not in str(info2.value)
+    # The SDK is given the URL checked here: it never falls back on os.environ's.
+    monkeypatch.setenv("ANTHROPIC_BASE_URL", "http://elsewhere.example")
+    agent = make_agent("anthropic/claude-sonnet-4-6", PLAYBOOK, {"ANTHROPIC_API_KEY": SECRET})
+    assert str(agent._client.base_url).rstrip("/") == "https://api.anthropic.com"  # type: ignore[attr-defined]
+
+
+def test_url_credentials_are_sent_as_basic_auth_never_in_the_url() -> None:
+    script = Script(httpx.Response(200, json=_chat(GOOD)))
+    agent = OpenAICompatibleAgent(
+        f"https://bob:{SECRET}@llm.example/v1",
+        "m",
+        playbook=PLAYBOOK,
+        client=httpx.Client(transport=httpx.MockTransport(script)),
+    )
+    assert agent.base_url == "https://llm.example/v1"
+    assert SECRET not in agent.name and SECRET not in repr(agent)
+    agent.propose(cpu_ctx())
+    (request,) = script.requests
+    assert request.url == "https://llm.example/v1/chat/completions" and not request.url.userinfo
+    assert request.headers["authorization"] == httpx.BasicAuth("bob", SECRET)._auth_header
+
+
+def test_url_credentials_replace_the_ambient_key_and_obey_the_transport_rule() -> None:
+    agent = make_agent(f"https://bob:{SECRET}@llm.example/v1#m", PLAYBOOK, {"OPENAI_API_KEY": "k"})
+    assert isinstance(agent, OpenAICompatibleAgent) and agent._headers == {}
+    with pytest.raises(InsecureCredentialsError) as info:
+        make_agent(f"http://bob:{SECRET}@10.0.0.5/v1#m", PLAYBOOK, {})
+    assert "user:password" in str(info.value) and SECRET not in str(info.value)
+    with pytest.raises(AgentError, match="give one"):
+        OpenAICompatibleAgent(f"https://bob:{SECRET}@h/v1", "m", "key", playbook=PLAYBOOK)
+
+
+@pytest.mark.parametrize(
+    "spec", [f"https://bob:{SECRET}/x@h/v1#m", f"http://bob:{SECRET}#x@h/v1#m", "http://[::1/v1#m"]
+)
+def test_malformed_url_specs_fail_cleanly(spec: str) -> None:
+    with pytest.raises(AgentError) as info:
+        make_agent(spec, PLAYBOOK, {})
+    assert SECRET not in str(info.value)
+    assert check_agent_transport(spec, {}) is None  # not a transport problem: left to the tune

@@ -135,7 +135,9 @@ def test_no_enabled_block_is_an_error(spec: VllmArgSpec, tmp_path: Path) -> None
     ("precision", "extra", "method"),
     [
         ("fp8", {}, "auto"),  # an FP8 checkpoint: vLLM reads its scheme (quark on AMD)
-        ("int4", {}, "int4"),
+        # int8/int4 are no vLLM methods: the checkpoint's own scheme, read by vLLM.
+        ("int4", {}, "auto"),
+        ("int8", {}, "auto"),
         ("fp8", {"--quantization": "ptpc_fp8"}, "ptpc_fp8"),
         ("fp16", {}, "none"),
     ],
@@ -153,6 +155,20 @@ def test_precision_becomes_quant_method_unless_quantization_given(
     assert ("--quantization" in recipe.vllm_cli_args()) == ("--quantization" in extra)
     if precision != "fp16":  # (the block's --dtype says bfloat16: export follows the args)
         assert yaml.safe_load(export_recipe(recipe, "aim"))["precision"] == precision
+
+
+def test_a_precision_given_as_quantization_is_refused_with_the_reason(
+    spec: VllmArgSpec, tmp_path: Path
+) -> None:
+    path = write_aim(
+        tmp_path,
+        {"1_gpu": block(**{"--quantization": "int8"})},
+        recipe_id="m-mi300x-int8",
+        precision="int8",
+    )
+    err = import_error(path, spec)
+    assert "quant.method" in str(err)
+    assert "'int8' is a precision, not a vLLM quantization method" in str(err)
 
 
 def test_json_and_special_args_map_to_sections(spec: VllmArgSpec, tmp_path: Path) -> None:

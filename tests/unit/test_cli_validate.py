@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
@@ -97,3 +98,44 @@ def test_broken_workload_line_is_named(tmp_path: Path, capsys: pytest.CaptureFix
     bad.write_text('{"prompt": "a", "expected_output_tokens": 4}\n{"prompt": "b"\n')
     assert forge_main(["validate", str(bad)]) == 1
     assert f"{bad}:2" in capsys.readouterr().out
+
+
+def test_hostile_recipes_fail_fast_each_with_its_cause(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Once a traceback (UnicodeDecodeError, RecursionError), minutes (12 MB) or a MemoryError
+    # (an alias bomb): now one FAIL line per file, a non-zero exit, the other files checked.
+    recipes = tmp_path / "recipes"
+    recipes.mkdir()
+    head = "id: {}\nmodel: m\nhardware: {{vendor: cpu}}\n"
+    bomb = "".join(
+        f"{n}: &{n} [{', '.join([f'*{p}'] * 9) if p else ', '.join(['lol'] * 9)}]\n"
+        for p, n in zip(["", *"abcdefgh"], "abcdefghi", strict=True)
+    )
+    (recipes / "nonutf8.yaml").write_bytes(head.format("nonutf8").encode() + b"env: {A: \xff}\n")
+    (recipes / "nested.yaml").write_text(head.format("nested") + "x: " + "[" * 5000 + "\n")
+    (recipes / "bomb.yaml").write_text(head.format("bomb") + bomb)
+    (recipes / "big.yaml").write_text(head.format("big") + "#" * 12_000_000 + "\n")
+    _recipe(tmp_path, "good")
+    start = time.perf_counter()
+    assert forge_main(["validate", str(recipes)]) == 1
+    assert time.perf_counter() - start < 10
+    out = capsys.readouterr().out
+    assert "ok    " in out and "good.yaml" in out
+    assert f"FAIL  {recipes / 'nonutf8.yaml'}: line 4, column 10: not UTF-8 text" in out
+    assert f"FAIL  {recipes / 'nested.yaml'}: line 4" in out and "nested deeper than 64" in out
+    assert f"FAIL  {recipes / 'bomb.yaml'}: line" in out and "aliases (*" in out
+    assert f"FAIL  {recipes / 'big.yaml'}: the file is 11.4 MiB" in out
+    assert "5 checked, 4 with problems" in out and "Traceback" not in out
+
+
+def test_aevyra_recipe_fails_only_on_what_vllm_refuses(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # seeds/000 keeps parent_id and generation at the top level: read as lineage. Its
+    # swap_space is gone from vLLM 0.32 (a real boot would fail), and only that is reported.
+    path = _recipe(tmp_path, "e5f6a7b8", config=", swap_space: 4")
+    path.write_text(path.read_text() + "generation: 3\nparent_id: a1b2c3d4\n")
+    assert forge_main(["validate", str(path)]) == 1
+    out = capsys.readouterr().out
+    assert "config.swap_space" in out and "generation" not in out and "parent_id" not in out

@@ -19,8 +19,10 @@ from pytest_forge.hardware import (
     comparable_hardware,
     detect_hardware,
     match_recipe_hardware,
+    normalise_gpu_name,
     quant_supported,
     quant_unsupported_reason,
+    recipe_quant_problem,
 )
 
 NVIDIA_ARGS = (
@@ -211,6 +213,13 @@ def test_match_recipe_hardware(recipe_hw, host, reason) -> None:
         ("NVIDIA A100-SXM4-80GB", "8.0", True, True, False),
         ("NVIDIA H100 80GB HBM3", "9.0", True, True, True),
         ("NVIDIA H200", None, True, True, True),  # capability inferred from the name
+        # Ada (SM 8.9): FP8 W8A8 per vLLM's support matrix, from the table alone.
+        ("NVIDIA L40S", None, True, True, True),
+        ("NVIDIA L4", None, True, True, True),
+        ("L40", None, True, True, True),
+        ("NVIDIA A10", None, True, True, False),  # SM 8.6, known without nvidia-smi
+        ("NVIDIA A10G", None, True, True, False),
+        ("A100", None, True, True, False),
         ("AMD Instinct MI300X", "gfx942", True, True, True),
         ("AMD Instinct MI250X", "gfx90a", False, False, False),  # not in the table
         ("Tesla V100", "7.0", False, False, False),
@@ -227,6 +236,7 @@ def test_quant_gates_from_host_and_cpu() -> None:
     assert quant_supported(H100_HOST, None, "fp8_e4m3")
     a100 = HostHardware("nvidia", [GpuInfo("NVIDIA A100", 80.0, "535", "8.0")])
     assert "SM >= 9" in (quant_unsupported_reason(a100, None, "fp8") or "")
+    assert "8.9 (Ada Lovelace)" in (quant_unsupported_reason(a100, None, "fp8") or "")
     for method in ("awq", "int8", "fp8"):
         reason = quant_unsupported_reason(CPU_HOST, None, method)
         assert reason is not None and "needs a GPU" in reason
@@ -274,3 +284,154 @@ def test_xdist_workers_get_disjoint_gpu_shares(monkeypatch: pytest.MonkeyPatch) 
     assert _device_env(monkeypatch, "gw3", 4, 1) == {"CUDA_VISIBLE_DEVICES": "3"}
     with pytest.raises(ForgeError, match="give each 1: run fewer workers"):
         _device_env(monkeypatch, "gw0", 4, 2)
+
+
+# -- GPU identity: exact models, compute capability --------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "model"),
+    [
+        ("NVIDIA A100-SXM4-80GB", "A100"),
+        ("NVIDIA A100 80GB PCIe", "A100"),
+        ("NVIDIA H100 80GB HBM3", "H100"),
+        ("NVIDIA H100 NVL", "H100"),
+        ("Tesla T4", "T4"),
+        ("Tesla V100-SXM2-16GB", "V100"),
+        ("NVIDIA GeForce RTX 4090", "RTX 4090"),
+        ("NVIDIA RTX 6000 Ada Generation", "RTX 6000 ADA"),
+        ("Quadro RTX 6000", "RTX 6000"),  # Turing, not the Ada card
+        ("NVIDIA A100-SXM4-40GB MIG 1g.5gb", "A100"),
+        ("GRID A100-40C", "A100"),  # a vGPU profile
+        ("AMD Instinct MI300X OAM", "MI300X"),
+        ("l40s", "L40S"),
+    ],
+)
+def test_gpu_names_normalise_to_their_model(name: str, model: str) -> None:
+    assert normalise_gpu_name(name) == model
+
+
+@pytest.mark.parametrize(
+    ("wanted", "host_gpu"),
+    [
+        ("A10", "NVIDIA A100-SXM4-80GB"),
+        ("A100", "NVIDIA A10"),
+        ("A10", "NVIDIA A10G"),
+        ("L4", "NVIDIA L40S"),
+        ("L40", "NVIDIA L40S"),
+        ("L40S", "NVIDIA L40"),
+        ("H100", "NVIDIA H200"),
+        ("H20", "NVIDIA H200"),
+        ("T4", "NVIDIA T400"),
+        ("MI300", "AMD Instinct MI300X"),
+    ],
+)
+def test_gpu_type_never_matches_another_model_by_substring(wanted: str, host_gpu: str) -> None:
+    host = HostHardware("nvidia", [GpuInfo(host_gpu, 24.0, "550", None)])
+    reason = match_recipe_hardware({"vendor": None, "gpu_type": wanted, "count": 1}, host)
+    assert reason is not None and f"gpu_type {wanted!r}" in reason
+    assert f"({normalise_gpu_name(host_gpu)})" in reason  # the model compared, not the text
+
+
+@pytest.mark.parametrize(
+    ("wanted", "host_gpu"),
+    [
+        ("A10", "NVIDIA A10"),
+        ("L4", "NVIDIA L4"),
+        ("L40S", "NVIDIA L40S"),
+        ("A100", "NVIDIA A100-PCIE-40GB"),
+        ("H100 80GB HBM3", "NVIDIA H100 PCIe"),
+        ("T4", "Tesla T4"),
+        ("MI300X", "AMD Instinct MI300X VF"),
+    ],
+)
+def test_gpu_type_matches_the_same_model_however_spelled(wanted: str, host_gpu: str) -> None:
+    host = HostHardware("nvidia", [GpuInfo(host_gpu, 24.0, "550", None)])
+    assert match_recipe_hardware({"gpu_type": wanted, "count": 1}, host) is None
+
+
+def test_reported_compute_capability_wins_over_the_name() -> None:
+    # A GPU the table does not know is gated by what nvidia-smi reported.
+    new = HostHardware("nvidia", [GpuInfo("NVIDIA Future GPU", 96.0, "600", "8.9")])
+    assert quant_supported(new, None, "fp8")
+    old = HostHardware("nvidia", [GpuInfo("NVIDIA Future GPU", 96.0, "600", "8.6")])
+    assert "is SM 8.6" in (quant_unsupported_reason(old, None, "fp8") or "")
+    unknown = quant_unsupported_reason("NVIDIA Future GPU", None, "awq") or ""
+    assert "unknown compute capability" in unknown and "'FUTURE GPU'" in unknown
+
+
+NVIDIA_LEGACY_ARGS = "--query-gpu=name,memory.total,driver_version --format=csv,noheader,nounits"
+
+
+def test_driver_without_compute_cap_field_is_still_nvidia(smi_dir: Path) -> None:
+    # Drivers before R510 refuse the whole query over the compute_cap field.
+    script = smi_dir / "nvidia-smi"
+    script.write_text(
+        "#!/bin/sh\n"
+        f'if [ "$*" = {shlex.quote(NVIDIA_ARGS)} ]; then\n'
+        "  echo 'Field \"compute_cap\" is not a valid field to query.'; exit 2\n"
+        "fi\n"
+        f'[ "$*" = {shlex.quote(NVIDIA_LEGACY_ARGS)} ] || exit 64\n'
+        "echo 'Tesla T4, 15360, 470.82.01'\n"
+    )
+    script.chmod(0o755)
+    host = detect_hardware()
+    assert host.vendor == "nvidia"
+    assert host.gpus == [GpuInfo("Tesla T4", 15.0, "470.82.01", None)]
+    # The capability then comes from the table: AWQ yes, FP8 no.
+    assert quant_supported(host, None, "awq")
+    assert "Tesla T4 is SM 7.5" in (quant_unsupported_reason(host, None, "fp8") or "")
+
+
+T4_HOST = HostHardware("nvidia", [GpuInfo("Tesla T4", 15.0, "550", "7.5")])
+
+
+@pytest.mark.parametrize(
+    ("section", "field"),
+    [
+        ("quant: {kv_cache_quant: fp8}", "quant.kv_cache_quant"),
+        ("config: {kv_cache_dtype: fp8}", "config.kv_cache_dtype"),
+        ("config: {kv_cache_dtype: fp8_e5m2}", "config.kv_cache_dtype"),
+        ("quant: {method: fp8}", "quant.method"),
+        ("config: {quantization: fp8}", "config.quantization"),
+    ],
+)
+def test_recipe_quantization_is_gated_wherever_it_is_spelled(section: str, field: str) -> None:
+    from pytest_forge.recipe import Recipe
+
+    recipe = Recipe.from_yaml_text(
+        f"id: r\nmodel: m\nhardware: {{vendor: nvidia, gpu_type: T4}}\n{section}\n"
+    )
+    for target in (T4_HOST, "T4"):
+        problem = recipe_quant_problem(recipe, target)
+        assert problem is not None and problem[0] == field
+        assert "is SM 7.5" in problem[1]
+    assert recipe_quant_problem(recipe, H100_HOST) is None
+    assert recipe_quant_problem(recipe, "L40S") is None
+
+
+def test_forge_validate_applies_the_gates_to_the_recipes_gpu(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from pytest_forge import vllm_args
+    from pytest_forge.cli import main as forge_main
+
+    monkeypatch.setattr(vllm_args, "load_arg_spec", lambda *a, **k: vllm_args.load_bundled_spec())
+    recipes = tmp_path / "recipes"
+    recipes.mkdir()
+    cases = {
+        "t4-kv": ("T4", "config: {kv_cache_dtype: fp8}"),
+        "a10-awq": ("A10", "quant: {method: awq}"),
+        "l40s-fp8": ("L40S", "quant: {method: fp8, kv_cache_quant: fp8}"),
+        "l4-fp8": ("L4", "quant: {method: fp8}"),
+    }
+    for name, (gpu, section) in cases.items():
+        (recipes / f"{name}.yaml").write_text(
+            f"id: {name}\nmodel: m\nhardware: {{vendor: nvidia, gpu_type: {gpu}}}\n{section}\n"
+        )
+    assert forge_main(["validate", str(recipes)]) == 1
+    out = capsys.readouterr().out
+    assert "t4-kv.yaml: config.kv_cache_dtype: not on T4: fp8 needs SM >= 9" in out
+    for ok in ("a10-awq", "l40s-fp8", "l4-fp8"):
+        assert f"ok    {recipes / ok}.yaml" in out, out
+    assert "4 checked, 1 with problems" in out

@@ -95,6 +95,12 @@ def test_bundled_fp8_only_where_the_gate_allows_it() -> None:
             for v in spec.values
         ]
         assert "fp8" not in values
+    # Precision labels are refused by every recipe: the bundled spaces never offer them.
+    for space in spaces.values():
+        for key in ("quant.method", "config.quantization"):
+            assert not {"int8", "int4"} & set(
+                space.params[key].values if key in space.params else ()
+            )
 
 
 # ------------------------------------------------------------------ search space
@@ -193,9 +199,58 @@ def test_fp8_on_a_class_that_cannot_run_it(tmp_path: Path) -> None:
 
 
 def test_quantization_on_cpu_is_refused(tmp_path: Path) -> None:
-    body = _GOOD_BODY + "  quant.method:\n    values: [none, int8]\n    priority: 5\n"
+    body = _GOOD_BODY + "  quant.method:\n    values: [none, awq]\n    priority: 5\n"
     problems = validate_playbook(_write(tmp_path, _playbook(CPU=body)))
     assert len(problems) == 1 and "no quantization on CPU" in problems[0]
+
+
+@pytest.mark.parametrize("key", ["quant.method", "config.quantization"])
+def test_a_precision_label_is_never_a_proposable_method(tmp_path: Path, key: str) -> None:
+    # int8 passes no --quantization: the run would measure the unquantized model.
+    body = _GOOD_BODY + f"  {key}:\n    values: [none, awq, int8]\n    priority: 5\n"
+    problems = validate_playbook(_write(tmp_path, _playbook(H100=body)))
+    assert len(problems) == 1, problems
+    assert "H100" in problems[0] and key in problems[0]
+    assert "'int8' is a precision, not a vLLM quantization method" in problems[0]
+
+
+def test_config_quantization_fp8_is_gated_like_quant_method(tmp_path: Path) -> None:
+    body = _GOOD_BODY + "  config.quantization:\n    values: [none, fp8]\n    priority: 5\n"
+    problems = validate_playbook(_write(tmp_path, _playbook(A100=body)))
+    assert len(problems) == 1 and "A100" in problems[0] and '"fp8"' in problems[0]
+
+
+@pytest.mark.parametrize(
+    ("key", "values", "expected"),
+    [
+        ("config.trust_remote_code", "[false, true]", "config.trust_remote_code runs"),
+        ("config.middleware", "[my.mod.Mw]", "config.middleware imports"),
+        ("config.distributed_executor_backend", "[mp, my.Exec]", "never searched by the tuner"),
+        ("env.LD_PRELOAD", "[/tmp/evil.so]", "env.LD_PRELOAD loads a native library"),
+        ("env.PYTHONPATH", "[/tmp]", "never searched by the tuner"),
+        ("config.host", "[0.0.0.0]", "pytest-forge reserves --host"),
+        ("config.Port", "[8000]", "pytest-forge reserves --port"),
+        ("env.VLLM_HOST_IP", "[0.0.0.0]", "pytest-forge reserves it"),
+        ("config.max_num_batched_tokens", "[8, --host]", "would reach vLLM as a flag"),
+    ],
+)
+def test_a_custom_playbook_cannot_search_code_loading_or_reserved_args(
+    tmp_path: Path, key: str, values: str, expected: str
+) -> None:
+    body = _GOOD_BODY + f"  {key}:\n    values: {values}\n    priority: 5\n"
+    text = _playbook(CPU=body)
+    path = _write(tmp_path, text)
+    problems = validate_playbook(path)
+    assert len(problems) == 1, problems
+    assert problems[0].startswith(f"{path}:{_line_of(text, f'  {key}:')}: CPU search space")
+    assert expected in problems[0], problems[0]
+    with pytest.raises(ForgeError, match="the playbook is invalid"):
+        load_playbook(path)
+
+
+def test_a_search_space_may_keep_code_loading_options_off(tmp_path: Path) -> None:
+    body = _GOOD_BODY + "  config.trust_remote_code:\n    values: [false]\n    priority: 5\n"
+    assert validate_playbook(_write(tmp_path, _playbook(CPU=body))) == []
 
 
 def test_missing_classes_and_bad_fields(tmp_path: Path) -> None:

@@ -281,13 +281,18 @@ def test_reports_benchmark_json_step_summary_and_action_benchmark(
     summary = project.path / "step_summary.md"
     summary.write_text("earlier step\n")
     monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(summary))
+    # Run inside an xdist worker, the inner pytest would inherit the worker's variables
+    # and act as a worker itself (no benchmark JSON, no session-end reports).
+    for name in ("PYTEST_XDIST_WORKER", "PYTEST_XDIST_WORKER_COUNT", "PYTEST_XDIST_TESTRUNUID"):
+        monkeypatch.delenv(name, raising=False)
     result = _run(
         project,
         fake,
         "-k",
         "alpha and short",
-        "--benchmark-json=bench.json",
-        "--forge-bench-json=gab.json",
+        # Absolute: under xdist the in-process run's working directory is not the project's.
+        f"--benchmark-json={project.path / 'bench.json'}",
+        f"--forge-bench-json={project.path / 'gab.json'}",
     )
     result.assert_outcomes(passed=1)
 

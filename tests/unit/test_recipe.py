@@ -433,6 +433,28 @@ def test_non_quantization_methods_add_no_flag(method: str) -> None:
     assert r.vllm_cli_args() == []
 
 
+@pytest.mark.parametrize(("method", "hint"), [("int8", "compressed-tensors"), ("INT4", "gptq")])
+def test_a_precision_is_not_a_quant_method(method: str, hint: str) -> None:
+    # With no --quantization, vLLM would serve a plain checkpoint unquantized under that label.
+    with pytest.raises(RecipeError) as exc:
+        Recipe.from_yaml_text(MINIMAL + f"quant: {{method: {method}}}\n")
+    assert exc.value.field == "quant.method"
+    assert f"'{method}' is a precision, not a vLLM quantization method" in exc.value.message
+    assert hint in exc.value.message and "'auto'" in exc.value.message
+    r = Recipe.from_yaml_text(MINIMAL)
+    with pytest.raises(RecipeError) as exc:
+        r.with_changes({"quant.method": method})  # the tuner cannot write it back either
+    assert exc.value.field == "quant.method"
+
+
+def test_non_empty_kernels_section_is_refused_not_dropped() -> None:
+    with pytest.raises(RecipeError) as exc:
+        Recipe.from_yaml_text(MINIMAL + "kernels: [{op: rms_norm, source: autokernel}]\n")
+    assert exc.value.field == "kernels"
+    assert "does not build or load custom kernels yet" in exc.value.message
+    assert Recipe.from_yaml_text(MINIMAL + "kernels: []\n").kernels == []  # seeds/000
+
+
 # ------------------------------------------------------------------ deriving
 
 

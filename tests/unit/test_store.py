@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +14,8 @@ import pytest
 
 from pytest_forge.errors import ForgeError
 from pytest_forge.tune import store as store_mod
-from pytest_forge.tune.store import REDACTED, RunStore, redact, render_report
+from pytest_forge.tune.run_report import render_report
+from pytest_forge.tune.store import REDACTED, RunStore, redact
 
 
 def _record(exp: int, status: str, **kw: Any) -> dict[str, Any]:
@@ -239,3 +242,78 @@ def test_render_report_of_an_empty_run_and_of_the_latest_run(tmp_path: Path) -> 
     )
     with pytest.raises(ForgeError, match="not a tune run"):
         render_report(tmp_path / "nowhere")
+
+
+# -- concurrent writers ----------------------------------------------------------------------
+def _append_loop(store_path: str, barrier: str, count: str) -> None:
+    """In a child process: append ``count`` experiments, each numbered after the last stored
+    one; a number another process took meanwhile is refused, and retried."""
+    from tests.unit.concurrency import wait_for
+
+    store = RunStore.open(Path(store_path))
+    wait_for(Path(barrier))
+    done = 0
+    while done < int(count):
+        exp = len(store.experiments())
+        try:
+            store.append_experiment(_record(exp, "baseline" if exp == 0 else "rejected"))
+        except ForgeError as exc:
+            assert "another process" in str(exc), exc
+            continue
+        done += 1
+
+
+def test_two_processes_appending_to_one_store_keep_the_sequence(tmp_path: Path) -> None:
+    from tests.unit.concurrency import run_together
+
+    store = RunStore.create(tmp_path, {"recipe_id": "x"})
+    results = run_together(
+        "tests.unit.test_store",
+        "_append_loop",
+        [[str(store.path), str(tmp_path / "go"), "15"]] * 2,
+        tmp_path / "go",
+    )
+    assert [r.returncode for r in results] == [0, 0], [r.stderr for r in results]
+    # Before the lock both appended "the next" experiment, duplicating numbers.
+    assert [r["exp"] for r in store.experiments()] == list(range(30))
+    table = json.loads((store.path / "experiments.json").read_text())
+    assert [r["exp"] for r in table] == list(range(30))  # the derived table agrees
+    assert not list(store.path.glob(".*.lock"))  # no lock file left behind
+
+
+def test_an_experiment_out_of_sequence_is_refused_and_nothing_is_stored(tmp_path: Path) -> None:
+    store = RunStore.create(tmp_path, {"recipe_id": "x"})
+    store.append_experiment(_record(0, "baseline"))
+    store.append_experiment(_record(1, "kept"))
+    with pytest.raises(ForgeError, match=r"experiment 1 cannot be stored: the run already holds 2"):
+        store.append_experiment(_record(1, "rejected"))  # a second resume's exp 1
+    assert [r["status"] for r in store.experiments()] == ["baseline", "kept"]
+
+
+def test_a_run_claimed_by_one_process_is_refused_to_another(tmp_path: Path) -> None:
+    store = RunStore.create(tmp_path, {"recipe_id": "x"}, claim=True)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", _HOLD, str(store.path)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        store.release()
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "claimed"
+        with pytest.raises(ForgeError) as err:
+            RunStore.open(store.path).claim()
+        message = str(err.value)
+        assert f"tune run {store.path} is in use by pid {holder.pid}" in message
+        assert "start a new run" in message
+    finally:
+        holder.kill()
+        holder.wait()
+    # The holder died: its claim went with it.
+    again = RunStore.open(store.path)
+    again.claim()
+    again.release()
+
+
+_HOLD = (
+    "import sys, time; from pathlib import Path; from pytest_forge.tune.store import RunStore; "
+    "s = RunStore.open(Path(sys.argv[1])); s.claim(); print('claimed', flush=True); "
+    "time.sleep(60)"
+)

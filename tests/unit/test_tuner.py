@@ -714,3 +714,108 @@ def test_claude_through_the_sdk_proposes_and_a_malformed_answer_is_rejected(
     assert "sk-ant-test-secret" not in "".join(
         p.read_text() for p in store.path.rglob("*") if p.is_file()
     )
+
+
+# -- nothing is lost to a concurrent writer -----------------------------------------------
+def _tune_to_a_winner(tmp_path: Path, recipe_path: Path) -> Tuner:
+    tuner = make_tuner(
+        recipe_path, new_store(tmp_path), ScriptedAgent([SEQS_256]), Landscape(), budget=1
+    )
+    tuner.run_baseline()
+    assert tuner.run_slot(1).status == "kept"
+    return tuner
+
+
+def test_write_back_keeps_an_edit_made_to_another_field_during_the_tune(
+    tmp_path: Path, recipe_path: Path
+) -> None:
+    committed = Recipe.load(recipe_path)
+    tuner = _tune_to_a_winner(tmp_path, recipe_path)
+    # Meanwhile someone edits the recipe: a gate and a comment, nothing the tune changed.
+    recipe_path.write_text(
+        recipe_path.read_text().replace(
+            "gates:\n  accuracy_floor: 0.9",
+            "gates:\n  accuracy_floor: 0.85  # lowered during the tune\n  "
+            "throughput_tolerance: 0.07",
+        )
+    )
+    result = tuner.finalize(remeasure=False)
+    assert not result.failed and result.path == recipe_path
+    written = Recipe.load(recipe_path)
+    assert written.config["max_num_seqs"] == 256  # the tune's change
+    # Before: the whole tuned recipe was merged over the file, reverting the edit.
+    assert written.gates.accuracy_floor == 0.85
+    assert written.gates.throughput_tolerance == 0.07
+    assert "# lowered during the tune" in recipe_path.read_text()
+    assert written.lineage.parent_id == committed.content_hash
+    assert set(written.baselines) == set(WORKLOADS)
+    assert result.winner is not None and result.winner.gates.accuracy_floor == 0.85
+
+
+@pytest.mark.parametrize(
+    ("edit", "expected"),
+    [
+        (
+            ("max_num_seqs: 128", "max_num_seqs: 200"),
+            "config.max_num_seqs changed in the file while the tune ran (128 when it "
+            "started, 200 now; the winner has 256)",
+        ),
+        (
+            ('VLLM_CPU_KVCACHE_SPACE: "1"', 'VLLM_CPU_KVCACHE_SPACE: "2"'),
+            "env.VLLM_CPU_KVCACHE_SPACE changed in the file while the tune ran ('1' when it "
+            "started, '2' now): the winner was measured without that edit",
+        ),
+    ],
+)
+def test_write_back_refuses_to_revert_a_serving_edit_made_during_the_tune(
+    tmp_path: Path, recipe_path: Path, edit: tuple[str, str], expected: str
+) -> None:
+    tuner = _tune_to_a_winner(tmp_path, recipe_path)
+    recipe_path.write_text(recipe_path.read_text().replace(*edit))
+    edited = recipe_path.read_bytes()
+    result = tuner.finalize(remeasure=False)
+    assert result.failed and result.winner is None
+    assert expected in result.message
+    assert str(tuner.store.best_recipe_path) in result.message  # where the winner is
+    assert recipe_path.read_bytes() == edited  # nothing reverted, nothing half-applied
+    assert tuner.store.is_completed
+
+
+def _resume_slot_child(store_path: str, recipe_path: str, barrier: str) -> None:
+    """In a child process: resume the run and measure slot 1, as `--forge-resume` does."""
+    from tests.unit.concurrency import wait_for
+
+    tuner = make_tuner(
+        Path(recipe_path), RunStore.open(Path(store_path)), ScriptedAgent([SEQS_256]),
+        Landscape(delay_s=0.3), budget=2,
+    )  # fmt: skip
+    wait_for(Path(barrier))
+    try:
+        outcome = tuner.run_slot(1)
+    except ForgeError as exc:
+        print(f"refused: {exc}")
+        sys.exit(3)
+    print(f"stored exp {outcome.exp}")
+
+
+def test_two_resumes_of_one_run_store_one_experiment_and_the_run_stays_resumable(
+    tmp_path: Path, recipe_path: Path
+) -> None:
+    from tests.unit.concurrency import run_together
+
+    store = new_store(tmp_path)
+    make_tuner(recipe_path, store, NoAgent(), Landscape(), budget=2).run_baseline()
+    args = [str(store.path), str(recipe_path), str(tmp_path / "go")]
+    results = run_together(
+        "tests.unit.test_tuner", "_resume_slot_child", [args, args], tmp_path / "go"
+    )
+    codes = sorted(r.returncode for r in results)
+    assert codes == [0, 3], [r.stderr for r in results]
+    refused = next(r for r in results if r.returncode == 3).stdout
+    assert "experiment 1 cannot be stored: the run already holds 2" in refused
+    assert "another process wrote to this run" in refused
+    assert [r["exp"] for r in store.experiments()] == [0, 1]
+    # Before: both stored "exp 1", and every later resume failed "out of sequence".
+    again = make_tuner(recipe_path, store, ScriptedAgent([SEQS_512]), Landscape(), budget=2)
+    assert again.run_slot(1).resumed
+    assert again.run_slot(2).exp == 2

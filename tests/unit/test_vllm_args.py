@@ -128,14 +128,14 @@ def test_unknown_kv_cache_dtype_is_reported() -> None:
     assert "'fp9' is not a --kv-cache-dtype of vLLM 0.32.0" in exc.value.message
 
 
-@pytest.mark.parametrize("method", ["fp8", "awq", "int8", "int4", "none"])
+@pytest.mark.parametrize("method", ["fp8", "awq", "auto", "none"])
 def test_known_quant_methods_and_checkpoint_precisions_pass(method: str) -> None:
     r = recipe(f"quant: {{method: {method}, kv_cache_quant: fp8}}\n")
     validate_recipe_args(r, load_bundled_spec())
     args = r.vllm_cli_args()
     assert args[-2:] == ["--kv-cache-dtype", "fp8"]
-    # int8 / int4 name a pre-quantized checkpoint's precision: vLLM reads its scheme.
-    expect = [] if method in ("int8", "int4", "none") else ["--quantization", method]
+    # auto: a pre-quantized checkpoint, vLLM reads its scheme (no flag).
+    expect = [] if method in ("auto", "none") else ["--quantization", method]
     assert args[:-2] == expect
 
 

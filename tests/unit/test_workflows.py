@@ -1,4 +1,9 @@
-"""The GitHub workflows: schema-valid, zizmor-clean, and shaped the way the project needs."""
+"""The GitHub workflows: schema-valid, zizmor-clean, and shaped the way the project needs.
+
+The security structure (docs/ci-security.md): a pull request triggers GitHub-hosted ci.yml
+only; the self-hosted GPU jobs run from main on schedule or a maintainer's dispatch, reach
+a pull request's commit only by its validated SHA, and secrets live in environments.
+"""
 
 from __future__ import annotations
 
@@ -17,15 +22,19 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 WORKFLOWS = ROOT / ".github" / "workflows"
-FILES = [
-    WORKFLOWS / name for name in ("ci.yml", "forge-gate.yml", "forge-tune.yml", "forge-upgrade.yml")
-]
+SECURITY_DOC = ROOT / "docs" / "ci-security.md"
+# Every workflow file, so that a new one is held to the same rules.
+FILES = sorted([*WORKFLOWS.glob("*.yml"), *WORKFLOWS.glob("*.yaml")])
 SHA_PIN = re.compile(r"^[\w.-]+/[\w.-]+@[0-9a-f]{40}$")
 GPU_LABELS = ["self-hosted", "linux", "gpu"]
-FORK_GUARD = (
-    "github.event_name != 'pull_request' || "
-    "github.event.pull_request.head.repo.full_name == github.repository"
-)
+# Every self-hosted job runs only from main's copy of its workflow.
+MAIN_ONLY = "github.ref == 'refs/heads/main'"
+# Triggers whose workflow file is main's and that no pull request can start.
+TRUSTED_TRIGGERS = {"schedule", "workflow_dispatch"}
+# Triggers that run with secrets or a write token for a pull request nobody reviewed.
+DANGEROUS_TRIGGERS = {"pull_request_target", "workflow_run", "issue_comment"}
+# The environments that hold secrets (docs/ci-security.md, "Environments").
+SECRET_ENVIRONMENTS = {"forge-tune", "forge-tune-pr"}
 
 
 def tool(name: str) -> str:
@@ -75,6 +84,10 @@ def is_gpu(job: dict[str, Any]) -> bool:
     return "self-hosted" in (labels if isinstance(labels, list) else [labels])
 
 
+def gpu_workflows() -> set[str]:
+    return {p.name for p in FILES if any(map(is_gpu, load(p.name)["jobs"].values()))}
+
+
 # ---------------------------------------------------------------------------- tools
 
 
@@ -110,6 +123,63 @@ def test_zizmor_offline_finds_nothing_medium_or_above() -> None:
     assert findings == [], json.dumps(findings, indent=1)
 
 
+# The auditor persona's findings that are justified, not fixed: (audit, file, job). Each is
+# ignored inline next to its reason, and listed in docs/ci-security.md's zizmor table.
+JUSTIFIED = {
+    ("self-hosted-runner", "forge-gate.yml", "gate"),
+    ("self-hosted-runner", "forge-upgrade.yml", "upgrade"),
+    ("self-hosted-runner", "forge-tune.yml", "tune"),
+    ("superfluous-actions", "forge-tune.yml", "pull-request"),
+}
+
+
+def zizmor_auditor(*extra: str) -> list[dict[str, Any]]:
+    proc = subprocess.run(
+        [
+            tool("zizmor"),
+            "--offline",
+            "--strict-collection",
+            "--persona",
+            "auditor",
+            "--format",
+            "json",
+            *extra,
+            *map(str, FILES),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode in (0, 10, 11, 12, 13, 14), proc.stdout + proc.stderr
+    return json.loads(proc.stdout)
+
+
+def test_zizmor_auditor_reports_nothing_but_the_justified_findings() -> None:
+    assert zizmor_auditor() == []
+    found = set()
+    for finding in zizmor_auditor("--no-ignores"):
+        location = finding["locations"][0]["symbolic"]
+        path = Path(location["key"]["Local"]["verbatim_path"]).name
+        route = [step["Key"] for step in location["route"]["route"] if "Key" in step]
+        found.add((finding["ident"], path, route[1]))
+    # A new finding may not hide behind an ignore comment, nor a stale ignore linger.
+    assert found == JUSTIFIED
+    doc = SECURITY_DOC.read_text()
+    for audit, path, job in JUSTIFIED:
+        rows = [line for line in doc.splitlines() if line.startswith(f"| `{audit}`")]
+        assert any(path in row and f"`{job}`" in row for row in rows), (audit, path, job)
+    ignores = 0
+    for path in FILES:
+        lines = path.read_text().splitlines()
+        for i, line in enumerate(lines):
+            if "zizmor: ignore[" in line:
+                ignores += 1
+                # The reason sits in the comment block right above the ignored line.
+                above = " ".join(lines[max(0, i - 5) : i])
+                assert "Justified" in above, f"{path.name}:{i + 1}: ignore without a reason"
+    assert ignores == len(JUSTIFIED)
+
+
 # ---------------------------------------------------------------------------- all files
 
 
@@ -135,19 +205,45 @@ def test_common_hygiene(path: Path) -> None:
 
 
 @pytest.mark.parametrize("path", FILES, ids=lambda p: p.name)
-def test_self_hosted_jobs_never_run_code_from_forks(path: Path) -> None:
+def test_self_hosted_jobs_run_only_from_main_on_trusted_triggers(path: Path) -> None:
     data = load(path.name)
-    # pull_request_target would run with the repository's token and secrets.
-    assert "pull_request_target" not in data["on"]
-    if "pull_request" not in data["on"]:
+    # None of these runs anywhere: they hand secrets or a write token to unreviewed code.
+    assert not DANGEROUS_TRIGGERS & set(data["on"])
+    gpu = {name: job for name, job in data["jobs"].items() if is_gpu(job)}
+    if not gpu:
+        return
+    # A pull request runs its own copy of a workflow: one that can reach the GPU runner
+    # must have no trigger a pull request (or a merge queue, or a branch push) can start.
+    assert set(data["on"]) <= TRUSTED_TRIGGERS, set(data["on"]) - TRUSTED_TRIGGERS
+    for name, job in gpu.items():
+        condition = " ".join(job["if"].split())
+        # Main only, alone or ANDed in front of more conditions (never ORed: that bypasses).
+        extra = condition.removeprefix(f"{MAIN_ONLY} && ")
+        assert condition == MAIN_ONLY or (extra != condition and "||" not in extra), name
+        # The labels are literal: no input or event value picks the runner.
+        assert "${{" not in json.dumps(job["runs-on"]), name
+
+
+@pytest.mark.parametrize("path", FILES, ids=lambda p: p.name)
+def test_pull_request_workflows_run_hosted_read_only_and_without_secrets(path: Path) -> None:
+    data = load(path.name)
+    if not {"pull_request", "merge_group"} & set(data["on"]):
         return
     for name, job in data["jobs"].items():
-        if not is_gpu(job):
+        assert str(job["runs-on"]).startswith("ubuntu-"), name
+        assert set(job["permissions"].values()) <= {"read"}, name
+        assert "environment" not in job, name
+    assert "secrets." not in path.read_text()
+
+
+@pytest.mark.parametrize("path", FILES, ids=lambda p: p.name)
+def test_secrets_only_in_steps_of_jobs_with_a_main_only_environment(path: Path) -> None:
+    for name, job in load(path.name)["jobs"].items():
+        if "secrets." not in json.dumps(job):
             continue
-        condition = " ".join(job["if"].split())
-        # The guard alone, or ANDed in front of more conditions (never ORed: that bypasses it).
-        extra = condition.removeprefix(f"({FORK_GUARD}) && ")
-        assert condition == FORK_GUARD or (extra != condition and "||" not in extra), name
+        assert job.get("environment") in SECRET_ENVIRONMENTS, name
+        # Not job-wide: each secret reaches only the step that uses it.
+        assert "secrets." not in json.dumps({k: v for k, v in job.items() if k != "steps"})
 
 
 # Values a pull request's author or a dispatcher chooses, and outputs computed from them.
@@ -167,7 +263,25 @@ def test_chosen_values_reach_scripts_only_through_env(path: Path) -> None:
         if CHOSEN.search(text):
             in_env = len(keys) >= 2 and keys[-2] == "env"
             job_output = len(keys) == 4 and keys[0] == "jobs" and keys[2] == "outputs"
-            assert in_env or job_output or keys[-1] in ("if", "group"), where
+            # actions/checkout's ref: only the SHA the "Which commit" step validated.
+            checkout_ref = keys[-2:] == ("with", "ref") and text in VALIDATED_SHA
+            assert in_env or job_output or checkout_ref or keys[-1] in ("if", "group"), where
+
+
+VALIDATED_SHA = ("${{ steps.commit.outputs.sha }}", "${{ needs.pins.outputs.sha }}")
+
+
+@pytest.mark.parametrize(
+    ("name", "job"), [("forge-gate.yml", "gate"), ("forge-upgrade.yml", "pins")]
+)
+def test_the_commit_is_validated_before_anything_is_checked_out(name: str, job: str) -> None:
+    data = load(name)
+    sha = data["on"]["workflow_dispatch"]["inputs"]["sha"]
+    assert sha["type"] == "string" and sha["required"] is False and sha["default"] == ""
+    first, checkout = steps(data["jobs"][job])[:2]
+    assert first["id"] == "commit" and first["env"] == {"SHA_INPUT": "${{ inputs.sha }}"}
+    assert checkout["uses"].startswith("actions/checkout@")
+    assert checkout["with"]["ref"] == "${{ steps.commit.outputs.sha }}"
 
 
 # ---------------------------------------------------------------------------- shell steps
@@ -276,6 +390,8 @@ def test_ci_lints_unit_tests_and_runs_cpu_e2e() -> None:
     lint = run_text(jobs["lint"])
     assert "ruff check" in lint and "ruff format --check" in lint
     assert "pytest tests/unit" in run_text(jobs["unit"])
+    # A pull request's recipes and workloads are checked here, on a hosted runner.
+    assert "forge validate" in run_text(jobs["unit"])
     e2e = jobs["e2e-cpu"]
     assert e2e["runs-on"] == "ubuntu-latest"
     script = run_text(e2e)
@@ -289,18 +405,15 @@ def test_ci_lints_unit_tests_and_runs_cpu_e2e() -> None:
 # ---------------------------------------------------------------------------- forge-gate.yml
 
 
-def test_gate_runs_on_gpu_never_for_forks() -> None:
+def test_gate_runs_on_gpu_from_main_nightly_and_on_demand() -> None:
     data = load("forge-gate.yml")
     on = data["on"]
-    paths = on["pull_request"]["paths"]
-    for needed in ("recipes/**", "workloads/**", ".github/workflows/forge-gate.yml"):
-        assert needed in paths
-    # A vLLM pin bump is forge-upgrade.yml's to gate (old vLLM against new, A/B).
-    assert "pyproject.toml" not in paths
-    assert on["schedule"] and "workflow_dispatch" in on
+    assert set(on) == {"schedule", "workflow_dispatch"}
+    assert on["schedule"]
+    assert data["concurrency"]["cancel-in-progress"] is False
     (gate,) = data["jobs"].values()
     assert gate["runs-on"] == GPU_LABELS
-    assert " ".join(gate["if"].split()) == FORK_GUARD
+    assert gate["if"] == MAIN_ONLY
     assert gate["permissions"] == {"contents": "read"}
 
 
@@ -334,18 +447,19 @@ def test_gates_write_junit_bench_report_and_upload_them_always(name: str, job: s
     assert upload["with"]["include-hidden-files"] is True  # .forge/ is a dot-directory
 
 
-def test_gate_is_ab_against_the_base_on_pull_requests_absolute_otherwise() -> None:
+def test_gate_is_ab_for_a_named_commit_absolute_otherwise() -> None:
     (gate,) = load("forge-gate.yml")["jobs"].values()
     (checkout,) = uses(gate, "actions/checkout")
-    # The base branch's commits must be in the clone; no later fetch has credentials.
+    # Main's commits must be in the clone; no later fetch has credentials.
     assert checkout["with"]["fetch-depth"] == 0
     ab = step_running(gate, "--forge-ab-ref")
-    assert ab["if"] == "github.event_name == 'pull_request'"
-    assert ab["env"] == {"BASE_REF": "${{ github.base_ref }}"}
+    assert ab["if"] == "steps.commit.outputs.ab == 'true'"
+    # The job runs only on main, so github.ref_name is main.
+    assert ab["env"] == {"BASE_REF": "${{ github.ref_name }}"}
     assert '"origin/$BASE_REF"' in ab["run"]
     gates = [s for s in steps(gate) if ".venv/bin/pytest" in s.get("run", "")]
     (absolute,) = [s for s in gates if s is not ab]
-    assert absolute["if"] == "github.event_name != 'pull_request'"
+    assert absolute["if"] == "steps.commit.outputs.ab != 'true'"
     assert "--forge-ab" not in absolute["run"]
     assert "--forge-update-baselines" not in run_text(gate)
     order = [steps(gate).index(s) for s in (checkout, step_running(gate, "setup.sh"), ab)]
@@ -372,6 +486,152 @@ def test_gate_pull_request_step_compares_with_where_the_base_meets_the_pr(
     assert code != 0 and "arg:" not in out, "an unknown base must fail, not gate nothing"
 
 
+SHA = "0123456789abcdef0123456789abcdef01234567"
+
+
+@pytest.mark.parametrize(
+    ("name", "job"), [("forge-gate.yml", "gate"), ("forge-upgrade.yml", "pins")]
+)
+@pytest.mark.parametrize(
+    ("given", "expected"),
+    [
+        ("", {"sha": "f" * 40}),  # nothing named: the dispatched (or scheduled) main commit
+        (SHA, {"sha": SHA}),
+        (SHA.upper(), None),
+        (SHA[:12], None),  # an abbreviation could name another commit later
+        ("main", None),  # a branch moves after the review
+        ("refs/pull/1/head", None),
+        (SHA + "\nab=false", None),
+        (SHA + " ", None),
+        ("$(touch pwned)", None),
+        ("; touch pwned", None),
+    ],
+)
+def test_commit_step_passes_only_a_full_sha(
+    tmp_path: Path, name: str, job: str, given: str, expected: dict[str, str] | None
+) -> None:
+    if shutil.which("bash") is None:
+        pytest.skip("needs bash")
+    work = tmp_path / "work"
+    work.mkdir()
+    (step,) = [s for s in steps(load(name)["jobs"][job]) if s.get("id") == "commit"]
+    code, out, outputs = run_step(step, work, {"SHA_INPUT": given, "GITHUB_SHA": "f" * 40})
+    assert not (work / "pwned").exists()
+    if expected is None:
+        assert code != 0 and outputs == {}, out
+        assert "::error::sha must be a full 40-character commit SHA" in out
+    else:
+        assert code == 0, out
+        assert outputs["sha"] == expected["sha"]
+        if name == "forge-gate.yml":
+            assert outputs["ab"] == ("true" if given else "false")
+
+
+# ---------------------------------------------------------------------------- runner settings
+
+
+def doc_hook_script() -> str:
+    doc = SECURITY_DOC.read_text()
+    after = doc.split("<!-- forge-runner-hook -->", 1)[1]
+    block = after.split("```bash\n", 1)[1].split("```", 1)[0]
+    return "\n".join(line.removeprefix("   ") for line in block.splitlines()) + "\n"
+
+
+def test_docs_match_the_workflows() -> None:
+    doc = SECURITY_DOC.read_text()
+    # The runner group's "Selected workflows" and the hook name exactly the GPU workflows.
+    selected = set(re.findall(r"OWNER/REPO/\.github/workflows/([\w.-]+)@refs/heads/main", doc))
+    assert selected == gpu_workflows()
+    hook = doc_hook_script()
+    hooked = set(re.findall(r'"\$repo/\.github/workflows/([\w.-]+)@refs/heads/main"', hook))
+    assert hooked == gpu_workflows()
+    # Every environment a job uses is described, with its main-only deployment rule.
+    used = {
+        job["environment"]
+        for path in FILES
+        for job in load(path.name)["jobs"].values()
+        if "environment" in job
+    }
+    assert used == SECRET_ENVIRONMENTS
+    for environment in SECRET_ENVIRONMENTS:
+        (entry,) = [line for line in doc.splitlines() if line.startswith(f"   - `{environment}`")]
+        section = doc[doc.index(entry) :].split("\n   - ", 1)[0]
+        assert "`main` only" in section, environment
+    readme = (ROOT / "README.md").read_text()
+    assert "### Repository settings this relies on" in readme
+    assert "docs/ci-security.md" in readme
+
+
+REPO = "octo-org/forge"
+
+
+@pytest.mark.parametrize(
+    ("event", "workflow_ref", "ok"),
+    [
+        ("schedule", f"{REPO}/.github/workflows/forge-gate.yml@refs/heads/main", True),
+        ("workflow_dispatch", f"{REPO}/.github/workflows/forge-upgrade.yml@refs/heads/main", True),
+        ("workflow_dispatch", f"{REPO}/.github/workflows/forge-tune.yml@refs/heads/main", True),
+        # A fork's pull request that deleted the guard, or added its own GPU workflow.
+        ("pull_request", f"{REPO}/.github/workflows/forge-gate.yml@refs/pull/7/merge", False),
+        ("pull_request", f"{REPO}/.github/workflows/evil.yml@refs/pull/7/merge", False),
+        # The event alone refuses, even with main's workflow ref.
+        ("pull_request", f"{REPO}/.github/workflows/forge-gate.yml@refs/heads/main", False),
+        ("pull_request_target", f"{REPO}/.github/workflows/forge-gate.yml@refs/heads/main", False),
+        ("merge_group", f"{REPO}/.github/workflows/forge-gate.yml@refs/heads/main", False),
+        (
+            "merge_group",
+            f"{REPO}/.github/workflows/forge-gate.yml@refs/heads/gh-readonly-queue/main/pr-7-ab",
+            False,
+        ),
+        ("push", f"{REPO}/.github/workflows/forge-gate.yml@refs/heads/main", False),
+        # Dispatched on a branch whose copy of the workflow was edited.
+        ("workflow_dispatch", f"{REPO}/.github/workflows/forge-gate.yml@refs/heads/topic", False),
+        ("workflow_dispatch", f"{REPO}/.github/workflows/ci.yml@refs/heads/main", False),
+        ("schedule", "other/forge/.github/workflows/forge-gate.yml@refs/heads/main", False),
+        ("schedule", f"{REPO}/.github/workflows/forge-gate.yml@refs/heads/main2", False),
+        ("", "", False),
+    ],
+)
+def test_runner_hook_in_the_docs_admits_only_main_gpu_workflows(
+    tmp_path: Path, event: str, workflow_ref: str, ok: bool
+) -> None:
+    if shutil.which("bash") is None:
+        pytest.skip("needs bash")
+    hook = tmp_path / "job-started.sh"
+    hook.write_text(doc_hook_script())
+    env = {
+        "PATH": os.environ["PATH"],
+        "FORGE_REPOSITORY": REPO,
+        "GITHUB_EVENT_NAME": event,
+        "GITHUB_WORKFLOW_REF": workflow_ref,
+    }
+    # As the runner runs a job-started hook: bash -e <file>.
+    proc = subprocess.run(
+        ["bash", "-e", str(hook)], capture_output=True, text=True, env=env, timeout=30
+    )
+    assert (proc.returncode == 0) is ok, proc.stdout + proc.stderr
+    if not ok:
+        assert "::error::forge GPU runner: refusing" in proc.stdout
+
+
+def test_runner_hook_refuses_everything_when_the_repository_is_not_configured(
+    tmp_path: Path,
+) -> None:
+    if shutil.which("bash") is None:
+        pytest.skip("needs bash")
+    hook = tmp_path / "job-started.sh"
+    hook.write_text(doc_hook_script())
+    env = {
+        "PATH": os.environ["PATH"],
+        "GITHUB_EVENT_NAME": "schedule",
+        "GITHUB_WORKFLOW_REF": "/.github/workflows/forge-gate.yml@refs/heads/main",
+    }
+    proc = subprocess.run(
+        ["bash", "-e", str(hook)], capture_output=True, text=True, env=env, timeout=30
+    )
+    assert proc.returncode != 0 and "FORGE_REPOSITORY" in proc.stderr
+
+
 # ---------------------------------------------------------------------------- forge-tune.yml
 
 
@@ -379,11 +639,13 @@ def test_tune_triggers_concurrency_and_limits() -> None:
     data = load("forge-tune.yml")
     inputs = data["on"]["workflow_dispatch"]["inputs"]
     assert {"budget", "agent"} <= set(inputs)
-    assert data["on"]["schedule"]
+    assert set(data["on"]) == {"schedule", "workflow_dispatch"}
     assert data["concurrency"]["group"]
     assert data["concurrency"]["cancel-in-progress"] is False
     tune = data["jobs"]["tune"]
     assert tune["runs-on"] == GPU_LABELS
+    assert tune["if"] == MAIN_ONLY
+    assert tune["environment"] == "forge-tune"
     assert tune["timeout-minutes"] <= 720
     assert tune["permissions"] == {"contents": "read"}
 
@@ -394,19 +656,71 @@ def test_tune_passes_inputs_and_key_through_env() -> None:
     assert '--forge-agent "$FORGE_AGENT"' in step["run"]
     assert '--forge-budget "$FORGE_BUDGET"' in step["run"]
     assert '--forge-max-dollars "$FORGE_MAX_DOLLARS"' in step["run"]  # a spend cap, always
-    assert "inputs.agent" in tune["env"]["FORGE_AGENT"]
-    # No agent named: pytest-forge's default (Claude with a key, else playbook) decides.
-    assert "anthropic" not in tune["env"]["FORGE_AGENT"]
+    # The agent reaches the tune only as the "Agent spec" step validated it.
+    assert step["env"]["FORGE_AGENT"] == "${{ steps.agent.outputs.spec }}"
+    agent = step_running(tune, "spec_re=")
+    assert agent["id"] == "agent" and agent["env"] == {"AGENT_INPUT": "${{ inputs.agent }}"}
+    assert steps(tune).index(agent) < steps(tune).index(step)
     assert "inputs.budget" in tune["env"]["FORGE_BUDGET"]
-    # The key reaches only the step that needs it.
+    # The key reaches only the step that needs it, and only keys an offered agent uses.
     assert step["env"]["ANTHROPIC_API_KEY"] == "${{ secrets.ANTHROPIC_API_KEY }}"
+    assert step["env"]["OPENAI_API_KEY"] == "${{ secrets.OPENAI_API_KEY }}"
     others = [s for s in steps(tune) if s is not step]
-    for key in ("ANTHROPIC_API_KEY", "OPENAI_API_KEY", "OPENROUTER_API_KEY"):
-        assert key in step["env"] and key not in json.dumps(others)
+    for key in ("ANTHROPIC_API_KEY", "OPENAI_API_KEY"):
+        assert key not in json.dumps(others)
+    assert "OPENROUTER_API_KEY" not in json.dumps(tune)
     (store,) = [
         u for u in uses(tune, "actions/upload-artifact") if ".forge/runs/" in u["with"]["path"]
     ]
     assert store["if"] == "always()"
+
+
+def agent_step_outputs(tmp_path: Path, given: str) -> tuple[int, str, dict[str, str]]:
+    work = tmp_path / "work"
+    work.mkdir(exist_ok=True)
+    step = step_running(load("forge-tune.yml")["jobs"]["tune"], "spec_re=")
+    return run_step(step, work, {"AGENT_INPUT": given})
+
+
+def test_tune_agent_is_a_choice_and_every_option_passes_the_check(tmp_path: Path) -> None:
+    if shutil.which("bash") is None:
+        pytest.skip("needs bash")
+    agent = load("forge-tune.yml")["on"]["workflow_dispatch"]["inputs"]["agent"]
+    assert agent["type"] == "choice"
+    assert agent["default"] in agent["options"]
+    assert "playbook" in agent["options"] and "default" in agent["options"]
+    for option in agent["options"]:
+        assert "://" not in option and "#" not in option, option
+        code, out, outputs = agent_step_outputs(tmp_path, option)
+        assert code == 0, out
+        # default: pytest-forge's own choice (Claude with a key, else playbook).
+        assert outputs == {"spec": "" if option == "default" else option}
+    code, out, outputs = agent_step_outputs(tmp_path, "")  # a scheduled run has no inputs
+    assert code == 0 and outputs == {"spec": ""}, out
+
+
+@pytest.mark.parametrize(
+    "given",
+    [
+        "https://evil.example/v1#gpt-4o",  # would send OPENAI_API_KEY to that host
+        "http://127.0.0.1:8001/v1#my-model",
+        "ollama/qwen3:8b",
+        "openrouter/anthropic/claude-sonnet-4",
+        "anthropic/claude-sonnet-4-6\nspec=https://evil.example/v1#m",
+        "anthropic/claude-sonnet-4-6 --forge-budget 999",
+        "anthropic/../../x",  # not a claude model name
+        "playbook; touch pwned",
+        "$(touch pwned)",
+        "openai/gpt-4o#https://evil.example",
+    ],
+)
+def test_tune_agent_check_refuses_urls_and_anything_else(tmp_path: Path, given: str) -> None:
+    if shutil.which("bash") is None:
+        pytest.skip("needs bash")
+    code, out, outputs = agent_step_outputs(tmp_path, given)
+    assert not (tmp_path / "work" / "pwned").exists()
+    assert code != 0 and outputs == {}, out
+    assert "::error::agent must be default, playbook" in out
 
 
 def test_only_the_pull_request_job_may_write() -> None:
@@ -415,6 +729,8 @@ def test_only_the_pull_request_job_may_write() -> None:
     assert writers == {"pull-request"}
     pr = jobs["pull-request"]
     assert pr["permissions"] == {"contents": "write", "pull-requests": "write"}
+    assert pr["runs-on"] == "ubuntu-latest"
+    assert pr["environment"] == "forge-tune-pr"  # FORGE_PR_TOKEN is that environment's
     assert pr["needs"] == "tune"
     (create,) = uses(pr, "peter-evans/create-pull-request")
     assert create["with"]["add-paths"] == "recipes/**"
@@ -426,14 +742,14 @@ def test_only_the_pull_request_job_may_write() -> None:
 # ---------------------------------------------------------------------------- forge-upgrade.yml
 
 
-def test_upgrade_triggers_on_the_pin_and_runs_on_gpu_never_for_forks() -> None:
+def test_upgrade_is_dispatched_and_runs_on_gpu_from_main() -> None:
     data = load("forge-upgrade.yml")
     on = data["on"]
-    paths = on["pull_request"]["paths"]
-    assert "pyproject.toml" in paths and ".github/workflows/forge-upgrade.yml" in paths
-    assert "recipes/**" not in paths, "recipe changes are forge-gate.yml's"
-    old = on["workflow_dispatch"]["inputs"]["old_vllm"]
-    assert old["required"] is True and old["type"] == "string"
+    assert set(on) == {"workflow_dispatch"}
+    inputs = on["workflow_dispatch"]["inputs"]
+    assert set(inputs) == {"sha", "old_vllm"}
+    old = inputs["old_vllm"]
+    assert old["required"] is False and old["type"] == "string" and old["default"] == ""
     assert data["concurrency"]["group"].startswith("forge-upgrade-")
     jobs = data["jobs"]
     pins, upgrade = jobs["pins"], jobs["upgrade"]
@@ -441,9 +757,9 @@ def test_upgrade_triggers_on_the_pin_and_runs_on_gpu_never_for_forks() -> None:
     assert pins["runs-on"] == "ubuntu-latest"
     assert upgrade["runs-on"] == GPU_LABELS
     assert upgrade["needs"] == "pins"
-    assert " ".join(upgrade["if"].split()) == (
-        f"({FORK_GUARD}) && needs.pins.outputs.run == 'true'"
-    )
+    assert " ".join(upgrade["if"].split()) == f"{MAIN_ONLY} && needs.pins.outputs.run == 'true'"
+    (checkout,) = uses(upgrade, "actions/checkout")
+    assert checkout["with"]["ref"] == "${{ needs.pins.outputs.sha }}"  # validated in pins
     for job in jobs.values():
         assert job["permissions"] == {"contents": "read"}
 
@@ -456,13 +772,14 @@ def test_upgrade_reads_the_old_pin_from_the_base_or_the_validated_input() -> Non
     assert tuple(map(int, setup["with"]["python-version"].split("."))) >= (3, 11)  # tomllib
     step = step_running(pins, "tomllib")
     assert step["env"] == {
-        "BASE_REF": "${{ github.base_ref }}",
+        "BASE_REF": "${{ github.ref_name }}",
         "OLD_VLLM_INPUT": "${{ inputs.old_vllm }}",
     }
     assert 'git merge-base "origin/$BASE_REF" HEAD' in step["run"]
     assert "[[ ! $v =~ $version_re ]]" in step["run"]
     assert pins["outputs"] == {
-        key: f"${{{{ steps.{step['id']}.outputs.{key} }}}}" for key in ("old", "new", "run")
+        "sha": "${{ steps.commit.outputs.sha }}",
+        **{key: f"${{{{ steps.{step['id']}.outputs.{key} }}}}" for key in ("old", "new", "run")},
     }
 
 
@@ -473,7 +790,7 @@ def test_upgrade_reads_the_old_pin_from_the_base_or_the_validated_input() -> Non
         ("0.31.0", {"old": "0.31.0", "new": "0.31.0", "run": "false"}),  # pin untouched
     ],
 )
-def test_upgrade_pins_step_on_a_pull_request(
+def test_upgrade_pins_step_on_a_reviewed_commit(
     pr_checkout: Any, pin: str, expected: dict[str, str]
 ) -> None:
     if sys.version_info < (3, 11):
@@ -481,7 +798,8 @@ def test_upgrade_pins_step_on_a_pull_request(
     repo, _, make_pr = pr_checkout
     make_pr(pin)
     step = step_running(load("forge-upgrade.yml")["jobs"]["pins"], "tomllib")
-    env = {"GITHUB_EVENT_NAME": "pull_request", "BASE_REF": "main", "OLD_VLLM_INPUT": ""}
+    # No old_vllm given: side A is main's pin where the commit meets main.
+    env = {"BASE_REF": "main", "OLD_VLLM_INPUT": ""}
     code, out, outputs = run_step(step, repo, env)
     assert code == 0, out
     # old: main where the pull request meets it (0.31.0), not main's tip (0.31.5).
@@ -495,7 +813,6 @@ def test_upgrade_pins_step_on_a_pull_request(
         ("0.10.1.1", True),
         ("0.6.1.post1", True),
         ("0.32.0", True),  # the same version on demand: an A/A run
-        ("", False),
         ("0.31", False),
         ("latest", False),
         ("0.31.0 --index-url https://example.com/simple", False),
@@ -514,7 +831,7 @@ def test_upgrade_pins_step_validates_the_dispatch_input(
     repo.mkdir()
     (repo / "pyproject.toml").write_text(PYPROJECT.format(pin="0.32.0"))
     step = step_running(load("forge-upgrade.yml")["jobs"]["pins"], "tomllib")
-    env = {"GITHUB_EVENT_NAME": "workflow_dispatch", "BASE_REF": "", "OLD_VLLM_INPUT": given}
+    env = {"BASE_REF": "", "OLD_VLLM_INPUT": given}
     code, out, outputs = run_step(step, repo, env)
     assert not (repo / "pwned").exists()
     if ok:

@@ -1,0 +1,142 @@
+"""Resume: rebuild a tune's state from its stored experiments, never re-running one.
+
+The baseline's measurements are the reference every score is relative to; each kept
+experiment's changes are re-applied to get the best recipe (checked against its stored
+content hash); spend and active time carry over so limits count across resumes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pytest_forge.errors import ForgeError, RecipeError
+from pytest_forge.metrics import Measurement
+from pytest_forge.recipe import Lineage, Quant, Recipe
+
+
+@dataclass
+class Replayed:
+    """A tune's state after its stored experiments (a fresh run: the committed recipe)."""
+
+    best: Recipe
+    records: list[dict[str, Any]] = field(default_factory=list)
+    reference: dict[str, Measurement] | None = None  # the baseline's measurements
+    best_score: float = 1.0
+    best_measurements: dict[str, Measurement] | None = None
+    kept_rationales: list[str] = field(default_factory=list)
+    prior_elapsed: float = 0.0  # active tuning time the stored experiments had used
+    prior_cost: float = 0.0  # agent spend of the stored experiments
+    # finalize() had written the winner to recipes/ when a kill stopped the run.
+    already_written: bool = False
+
+
+def measurement_from_dict(data: Mapping[str, Any]) -> Measurement:
+    """Rebuild a stored ``Measurement.to_dict()`` (summaries only, no per-request records)."""
+    return Measurement.from_dict(data)
+
+
+def derive(parent: Recipe, changes: Mapping[str, Any], rationale: Any) -> Recipe:
+    """``parent`` with ``changes`` applied, as its next generation."""
+    candidate = parent.with_changes(changes)
+    return candidate.model_copy(
+        update={
+            "lineage": Lineage(
+                generation=parent.lineage.generation + 1,
+                parent_id=parent.content_hash,
+                rationale=str(rationale) if rationale else None,
+            )
+        }
+    )
+
+
+def replay(
+    records: list[dict[str, Any]], recipe: Recipe, objective: str, run_dir: Path
+) -> Replayed:
+    """The state ``records`` (a run's experiments, in order) leave a tune of ``recipe`` in."""
+    state = Replayed(best=recipe)
+    if not records:
+        return state
+    where = run_dir / "experiments.jsonl"
+    base = records[0]
+    if base.get("status") != "baseline" or base.get("exp") != 0:
+        raise ForgeError(f"{where}:1: the first experiment of a run must be the baseline")
+    for number, record in enumerate(records):
+        if record.get("exp") != number:
+            raise ForgeError(
+                f"{where}:{number + 1}: experiment number {record.get('exp')} out of "
+                f"sequence (expected {number})"
+            )
+    if base.get("objective") != objective:
+        raise ForgeError(
+            f"{run_dir}: this run tunes for {base.get('objective')!r}, not {objective!r}; "
+            "resume with the run's objective or start a new run"
+        )
+    kept = [r for r in records if r.get("status") == "kept"]
+    if base.get("recipe_id") != recipe.content_hash:
+        # finalize() writes the winner and then marks the run completed: a kill in
+        # between leaves recipes/ holding this run's winner. Anything else is an edit.
+        if (
+            kept
+            and recipe.content_hash == kept[-1].get("recipe_id")
+            and recipe.lineage.parent_id == base.get("recipe_id")
+        ):
+            state.already_written = True
+        else:
+            raise ForgeError(
+                f"{recipe.path}: the recipe changed since tune run {run_dir.name} "
+                f"measured it (content hash {base.get('recipe_id')} then, "
+                f"{recipe.content_hash} now); start a new tune run"
+            )
+    state.reference = _measurements(base)
+    best = recipe if not state.already_written else _committed_from(recipe, base)
+    state.best_measurements = state.reference
+    for record in records:
+        state.records.append(record)
+        cost = (record.get("usage") or {}).get("cost_usd")
+        if isinstance(cost, int | float):
+            state.prior_cost += float(cost)
+        if isinstance(record.get("elapsed_s"), int | float):
+            state.prior_elapsed = max(state.prior_elapsed, float(record["elapsed_s"]))
+        if record.get("status") != "kept":
+            continue
+        try:
+            best = derive(best, record.get("changes") or {}, record.get("rationale"))
+        except RecipeError as exc:
+            raise ForgeError(
+                f"{where}: cannot replay kept exp {record.get('exp')}: {exc}"
+            ) from None
+        if best.content_hash != record.get("recipe_id"):
+            raise ForgeError(
+                f"{where}: replaying kept exp {record.get('exp')} gives recipe "
+                f"{best.content_hash}, not the stored {record.get('recipe_id')}"
+            )
+        state.best_score = float(record["score"])
+        state.best_measurements = _measurements(record)
+        state.kept_rationales.append(str(record.get("rationale") or ""))
+    state.best = best
+    return state
+
+
+def _measurements(record: Mapping[str, Any]) -> dict[str, Measurement]:
+    return {w: measurement_from_dict(d) for w, d in (record.get("measurements") or {}).items()}
+
+
+def _committed_from(recipe: Recipe, base: Mapping[str, Any]) -> Recipe:
+    """The committed recipe as the baseline measured it (recipes/ now holds the winner)."""
+    setup = base.get("recipe") or {}
+    return recipe.model_copy(
+        update={
+            "config": setup.get("config", {}),
+            "compilation": setup.get("compilation"),
+            "quant": Quant.model_validate(setup.get("quant") or {}),
+            "env": setup.get("env", {}),
+            "kernels": setup.get("kernels", []),
+            "lineage": Lineage.model_validate(setup.get("lineage") or {}),
+        }
+    )
+
+
+__all__ = ["Replayed", "derive", "measurement_from_dict", "replay"]
