@@ -45,19 +45,19 @@ def _workload(n: int, tokens: int, concurrency: int) -> Any:
 
 
 async def _forge(url: str, n: int, tokens: int, concurrency: int, h11: bool) -> int:
-    from pytest_forge import bench
+    from pytest_forge import bench, bench_client
     from pytest_forge.endpoint import Endpoint
 
     options = bench.BenchOptions(repeats=1, warmup=0, reset_prefix_cache=False)
-    original = bench._fast_transport
+    original = bench_client.fast_transport
     if h11:
-        bench._fast_transport = lambda pool: None  # type: ignore[assignment]
+        bench_client.fast_transport = lambda pool: None  # type: ignore[assignment]
     try:
         m = await bench.run_workload(
             Endpoint(url, model="fake-model"), _workload(n, tokens, concurrency), options
         )
     finally:
-        bench._fast_transport = original  # type: ignore[assignment]
+        bench_client.fast_transport = original  # type: ignore[assignment]
     if m.repeats[0].failed:
         raise SystemExit(f"forge: {m.repeats[0].failed} requests failed: {m.repeats[0].errors}")
     return sum(len(r.chunk_times) for r in m.records[0])

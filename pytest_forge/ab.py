@@ -27,8 +27,9 @@ from pytest_forge.bench import BenchOptions, Progress, run_bench
 from pytest_forge.endpoint import Endpoint
 from pytest_forge.errors import ForgeError
 from pytest_forge.metrics import Measurement
-from pytest_forge.pipeline import CaseResult, GateOptions, floors_for
+from pytest_forge.pipeline import GateOptions, floors_for
 from pytest_forge.recipe import Recipe
+from pytest_forge.results import CaseResult
 from pytest_forge.verdict import judge_ab, tolerances
 from pytest_forge.workload import Workload
 
@@ -90,6 +91,7 @@ def recipe_at_ref(recipe: Recipe, ref: str, repo_root: Path) -> Recipe | None:
 
 
 def git_toplevel(start: Path) -> Path:
+    """The root of the git checkout holding ``start``; ForgeError outside one."""
     proc = subprocess.run(
         ["git", "-C", str(start), "rev-parse", "--show-toplevel"],
         capture_output=True,

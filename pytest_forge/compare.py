@@ -19,47 +19,15 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from pytest_forge.errors import ForgeError
+from pytest_forge.metric_registry import COMPARE_ORDER, direction
 
 RESULTS_FILE = "results.json"
 EXPERIMENTS_FILE = "experiments.jsonl"
 DEFAULT_THRESHOLD = 0.05
 
-Direction = Literal["higher", "lower"]
-
-# Metrics where more is better; shown first, in this order.
-HIGHER_IS_BETTER = (
-    "output_throughput",
-    "request_throughput",
-    "total_token_throughput",
-    "goodput",
-    "accuracy",
-    "prefix_cache_hit_rate",
-)
-# Metrics where less is better (every *_ms latency is one too, by name).
-LOWER_IS_BETTER = ("failed", "preemptions")
-# Table order; metrics not listed follow alphabetically. cv, repeats and the like have no
-# better direction: they are shown but never a regression.
-_ORDER = (
-    *HIGHER_IS_BETTER,
-    "ttft_p50_ms",
-    "ttft_p99_ms",
-    "tpot_p50_ms",
-    "tpot_p99_ms",
-    "itl_p99_ms",
-    "e2el_p99_ms",
-    "failed",
-    "preemptions",
-    "cv",
-)
-
-
-def direction(metric: str) -> Direction | None:
-    """Which way is better for a metric, or None when it has no better way (cv, counts)."""
-    if metric in HIGHER_IS_BETTER:
-        return "higher"
-    if metric in LOWER_IS_BETTER or metric.endswith("_ms"):
-        return "lower"
-    return None
+# Table order (metric_registry.COMPARE_ORDER); metrics not listed follow alphabetically.
+# cv, repeats and the like have no better direction: shown, never a regression.
+_ORDER = tuple(spec.name for spec in COMPARE_ORDER)
 
 
 # ---------------------------------------------------------------------------- loading
@@ -94,6 +62,8 @@ class Row:
 
 @dataclass
 class RunResults:
+    """One run read back: a gate run or a tune run's best experiment, keyed by case."""
+
     path: Path
     kind: Literal["gate", "tune"]
     vllm_version: str | None
@@ -176,7 +146,8 @@ def _load_tune(run_dir: Path) -> RunResults:
     if not isinstance(metrics, Mapping) or not isinstance(accuracy, Mapping):
         raise ForgeError(f"{run_dir / EXPERIMENTS_FILE}: best experiment has malformed metrics")
     # A status (baseline, kept) is not a verdict; one is only known if the record has it.
-    verdicts = best.get("verdicts") if isinstance(best.get("verdicts"), Mapping) else {}
+    raw_verdicts = best.get("verdicts")
+    verdicts: Mapping[str, Any] = raw_verdicts if isinstance(raw_verdicts, Mapping) else {}
     rows = {
         (recipe, str(workload)): Row(
             recipe,
@@ -215,6 +186,8 @@ def load_run(path: str | Path) -> RunResults:
 
 @dataclass(frozen=True)
 class MetricDelta:
+    """One metric of one case in both runs, its change and whether it regressed."""
+
     metric: str
     a: float
     b: float
@@ -224,6 +197,8 @@ class MetricDelta:
 
 @dataclass
 class PairComparison:
+    """One recipe x workload both runs have: its verdicts and metric changes."""
+
     recipe: str
     workload: str
     verdict_a: str | None
@@ -232,10 +207,12 @@ class PairComparison:
 
     @property
     def verdict_regressed(self) -> bool:
+        """A pass in A that is anything else in B."""
         return self.verdict_a == "pass" and self.verdict_b not in (None, "pass")
 
     @property
     def regressions(self) -> list[str]:
+        """The metrics (and "verdict") that regressed from A to B."""
         names = [d.metric for d in self.deltas if d.regression]
         if self.verdict_regressed:
             names.append("verdict")
@@ -244,6 +221,8 @@ class PairComparison:
 
 @dataclass
 class Comparison:
+    """Run A against run B: every shared case, and the cases only one of them has."""
+
     a: RunResults
     b: RunResults
     threshold: float
@@ -253,10 +232,12 @@ class Comparison:
 
     @property
     def regression_count(self) -> int:
+        """Regressed metrics (and verdicts) over every shared case."""
         return sum(len(p.regressions) for p in self.pairs)
 
     @property
     def has_regression(self) -> bool:
+        """Whether anything regressed (``forge compare`` then exits non-zero)."""
         return self.regression_count > 0
 
 

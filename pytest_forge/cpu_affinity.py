@@ -28,8 +28,11 @@ WORKER = "Worker"
 
 
 def processes_by_name(root: int) -> dict[str, list[int]]:
-    """pids by command name (``VLLM::EngineCor``, ``VLLM::Worker_...``) of the server
-    rooted at ``root``: the process group ``root`` and all descendants of pid ``root``."""
+    """Pids by command name (`VLLM::EngineCor`, `VLLM::Worker_...`) of a server's processes.
+
+    The server rooted at `root` is the process group `root` and all descendants of pid
+    `root`.
+    """
     out: dict[str, list[int]] = {}
     for pid in server_tree(root):
         try:
@@ -41,7 +44,7 @@ def processes_by_name(root: int) -> dict[str, list[int]]:
 
 
 def set_affinity(pid: int, cpus: set[int]) -> None:
-    """Every thread of ``pid`` (as ``taskset -a``): each thread's affinity is its own."""
+    """Every thread of `pid` (as `taskset -a`): each thread's affinity is its own."""
     for task in Path(f"/proc/{pid}/task").iterdir():
         with contextlib.suppress(OSError):
             os.sched_setaffinity(int(task.name), cpus)
@@ -86,7 +89,7 @@ def group_cpu_seconds(root: int) -> float:
 def wait_until_idle(
     root: int, *, timeout_s: float = 5.0, interval_s: float = 0.2, busy: float = 0.05
 ) -> float:
-    """Wait until a server's processes use under ``busy`` of a core; the seconds waited.
+    """Wait until a server's processes use under `busy` of a core; the seconds waited.
 
     After a burst of work vLLM's CPU worker keeps spinning for about a second (measured:
     0.32 core over the 3 s after a repeat). In an A/B round the other side's repeat would

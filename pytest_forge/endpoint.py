@@ -1,7 +1,7 @@
 """Where the bench sends requests, and the one place URLs are made safe to send and to show.
 
 A server is either one we booted or one given with --forge-endpoint. Credentials in a URL
-(``https://user:password@host``, as curl, vLLM's bench and the openai SDK accept them) are
+(`https://user:password@host`, as curl, vLLM's bench and the openai SDK accept them) are
 split off at once: the URL that is kept, logged and reported never carries them; they
 travel as an HTTP Basic auth header. Any credential (an API key, or user:password) travels
 only over https, or over plain http to a loopback host (127.0.0.0/8, ::1, localhost).
@@ -13,10 +13,12 @@ import ipaddress
 import os
 import re
 from dataclasses import dataclass, field
-
-import httpx
+from typing import TYPE_CHECKING
 
 from pytest_forge.errors import ForgeError
+
+if TYPE_CHECKING:
+    import httpx
 
 __all__ = [
     "Credentials",
@@ -38,6 +40,15 @@ SECRET_ENV_VARS = (
     "OPENAI_API_KEY",
     "ANTHROPIC_API_KEY",
     "OPENROUTER_API_KEY",
+    # The other agent providers' keys (tune/agent_spec.py PROVIDERS; a test keeps them in step).
+    "TOGETHER_API_KEY",
+    "GROQ_API_KEY",
+    "FIREWORKS_API_KEY",
+    "DEEPINFRA_API_KEY",
+    "MISTRAL_API_KEY",
+    "DEEPSEEK_API_KEY",
+    "CEREBRAS_API_KEY",
+    "XAI_API_KEY",
 )
 MASK = "***"
 
@@ -63,11 +74,14 @@ class Credentials:
         return f"Credentials({MASK})"
 
     def auth(self) -> httpx.BasicAuth:
+        """The HTTP Basic auth httpx sends for these credentials."""
+        import httpx  # not at the top: the pytest plugin imports this module at load
+
         return httpx.BasicAuth(self.username, self.password)
 
 
 def redact_url(url: str) -> str:
-    """``url`` with any user:password replaced by ``***``: the only form shown anywhere."""
+    """`url` with any user:password replaced by `***`: the only form shown anywhere."""
     if "@" not in url:
         return url
     if "://" not in url:
@@ -84,8 +98,11 @@ def redact_url(url: str) -> str:
 
 
 def redact_text(text: str) -> str:
-    """``text`` (a traceback, a log) without URL credentials, auth header values or the
-    values of the key variables in :data:`SECRET_ENV_VARS`."""
+    """`text` (a traceback, a log) with every secret it may hold masked.
+
+    Masks URL credentials, Authorization header values and the values of the key
+    variables in SECRET_ENV_VARS.
+    """
     text = _USERINFO.sub(lambda m: f"{m['scheme']}{MASK}@", text)
     text = _AUTH_VALUE.sub(lambda m: f"{m['kind']}{m['sep']}{MASK}", text)
     for name in SECRET_ENV_VARS:
@@ -107,9 +124,9 @@ def is_loopback(host: str) -> bool:
 
 
 def split_credentials(url: str, option: str = "URL") -> tuple[str, Credentials | None]:
-    """``url`` without its user:password, and those as :class:`Credentials` (or None).
+    """`url` without its user:password, and those as Credentials (or None).
 
-    Raises a ForgeError naming ``option`` (and the redacted URL) when ``url`` is not an
+    Raises a ForgeError naming `option` (and the redacted URL) when `url` is not an
     http(s) URL with a host.
     """
     shown = redact_url(url)
@@ -122,6 +139,8 @@ def split_credentials(url: str, option: str = "URL") -> tuple[str, Credentials |
     if "@" in rest[len(re.split(r"[/?#]", rest, maxsplit=1)[0]) :]:
         # e.g. user:pa/ss@host, where httpx would see host "user" and port "pa"
         raise invalid
+    import httpx
+
     try:
         parsed = httpx.URL(url)
     except httpx.InvalidURL:
@@ -137,9 +156,14 @@ def split_credentials(url: str, option: str = "URL") -> tuple[str, Credentials |
 def require_secure_transport(
     url: str, option: str, sending: str, key_env: str | None = None
 ) -> None:
-    """Refuse to send ``sending`` (a credential's name) to ``url`` over plain http, unless
-    the host is loopback. The message names ``option`` and the redacted URL; ``key_env``,
-    when the credential comes from that variable, is offered as the one to unset."""
+    """Refuse to send `sending` (a credential's name) over plain http off this machine.
+
+    Plain http is allowed only to a loopback host. The message names `option` and the
+    redacted URL; `key_env`, when the credential comes from that variable, is offered as
+    the one to unset.
+    """
+    import httpx
+
     parsed = httpx.URL(url)
     if parsed.scheme == "https" or is_loopback(parsed.host):
         return
@@ -153,6 +177,8 @@ def require_secure_transport(
 
 @dataclass(frozen=True)
 class Endpoint:
+    """A server to benchmark: its URL, model and credentials, never shown with secrets."""
+
     base_url: str  # e.g. "http://127.0.0.1:8000" (no trailing /v1, never user:password)
     model: str | None = None  # None: the bench asks /v1/models
     # Read from the environment by the caller; never written anywhere.
@@ -183,6 +209,7 @@ class Endpoint:
 
     @property
     def url(self) -> str:
+        """The base URL without a trailing slash."""
         return self.base_url.rstrip("/")
 
     @property
@@ -199,9 +226,12 @@ class Endpoint:
 def parse_endpoint(
     url: str, api_key: str | None, option: str = "--forge-endpoint", key_env: str = ENDPOINT_KEY_ENV
 ) -> Endpoint:
-    """The Endpoint for a user-given URL, or a ForgeError naming ``option`` and the redacted
-    URL: not http(s), user:password together with ``key_env``, or a credential that would
-    travel over plain http off this machine."""
+    """The Endpoint for a user-given URL, checked before anything is sent.
+
+    Raises a ForgeError naming `option` and the redacted URL when the URL is not http(s),
+    when it has a user:password and `key_env` is set too, or when a credential would
+    travel over plain http off this machine.
+    """
     clean, credentials = split_credentials(url.strip(), option)
     shown = redact_url(url.strip())
     if credentials is not None and api_key:

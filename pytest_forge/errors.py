@@ -6,10 +6,12 @@ from pathlib import Path
 
 
 class ForgeError(Exception):
-    """Base of every user-facing pytest-forge error; ``str()`` is the whole message."""
+    """Base of every user-facing pytest-forge error; `str()` is the whole message."""
 
 
 class RecipeError(ForgeError):
+    """A recipe is invalid; the message names its file and, when known, the field."""
+
     def __init__(self, path: Path | str | None, field: str | None, message: str) -> None:
         self.path = Path(path) if path is not None else None
         self.field = field
@@ -19,6 +21,8 @@ class RecipeError(ForgeError):
 
 
 class WorkloadError(ForgeError):
+    """A workload is invalid; the message names its file and, when known, line and field."""
+
     def __init__(self, path: Path | str, line: int | None, field: str | None, message: str) -> None:
         self.path = Path(path)
         self.line = line

@@ -1,13 +1,13 @@
 """The one place pytest-forge writes files atomically and locks them against other writers.
 
-``atomic_write(path, data)``: readers see the old or the new file, never half of one (temp
+`atomic_write(path, data)`: readers see the old or the new file, never half of one (temp
 file in the same directory, fsync, rename, fsync of the directory).
 
-``locked(path)``: an exclusive ``fcntl.flock`` on a sidecar ``.<name>.lock`` beside ``path``,
+`locked(path)`: an exclusive `fcntl.flock` on a sidecar `.<name>.lock` beside `path`,
 for a read-modify-write that must not lose another process's update. A second writer waits
-up to ``timeout`` seconds, then fails naming the file and the pid that holds it. The lock is
-re-entrant within a process (``Recipe.save`` locks, and so may its caller), and the sidecar
-is deleted on release, so no lock file is left in a user's ``recipes/``. A lock dies with
+up to `timeout` seconds, then fails naming the file and the pid that holds it. The lock is
+re-entrant within a process (`Recipe.save` locks, and so may its caller), and the sidecar
+is deleted on release, so no lock file is left in a user's `recipes/`. A lock dies with
 its process: a kill never leaves a stale lock behind.
 """
 
@@ -46,8 +46,11 @@ class LockTimeout(ForgeError):
 
 # -- atomic writes -----------------------------------------------------------------------
 def fsync_dir(path: Path) -> None:
-    """Make a new or renamed directory entry durable (some filesystems refuse: the data
-    itself is already synced by then)."""
+    """Make a new or renamed directory entry durable.
+
+    Some filesystems refuse to sync a directory; that is ignored, as the data itself is
+    already synced by then.
+    """
     with contextlib.suppress(OSError):
         fd = os.open(path, os.O_RDONLY)
         try:
@@ -57,10 +60,10 @@ def fsync_dir(path: Path) -> None:
 
 
 def atomic_write(path: Path | str, data: str | bytes, *, mode: int | None = None) -> Path:
-    """Write ``data`` to ``path`` so readers see the old or the new file, never half of one.
+    """Write `data` to `path` so readers see the old or the new file, never half of one.
 
     Text is written as UTF-8 without newline translation. The file keeps the permissions
-    of the file it replaces (a new file gets ``mode``, default 0o644). Returns ``path``.
+    of the file it replaces (a new file gets `mode`, default 0o644). Returns `path`.
     """
     target = Path(path)
     directory = target.resolve().parent
@@ -89,7 +92,7 @@ def atomic_write(path: Path | str, data: str | bytes, *, mode: int | None = None
 
 # -- locks -------------------------------------------------------------------------------
 def lock_path(path: Path | str) -> Path:
-    """The sidecar lock file of ``path``: ``.<name>.lock`` in the same directory."""
+    """The sidecar lock file of `path`: `.<name>.lock` in the same directory."""
     # Resolved: a relative path, or a symlink to the file, finds the same lock.
     target = Path(path).resolve()
     return target.with_name(f".{target.name}.lock")
@@ -180,10 +183,10 @@ def _release(sidecar: Path, fd: int) -> None:
 def locked(
     path: Path | str, *, timeout: float = DEFAULT_LOCK_TIMEOUT_S, what: str = "its lock"
 ) -> Iterator[Path]:
-    """Hold the exclusive lock of ``path`` (which need not exist) for the ``with`` block.
+    """Hold the exclusive lock of `path` (which need not exist) for the `with` block.
 
-    Waits up to ``timeout`` seconds (0: fail at once) for another process to release it,
-    then raises :class:`LockTimeout` naming the file and the holder's pid. Re-entrant in
+    Waits up to `timeout` seconds (0: fail at once) for another process to release it,
+    then raises LockTimeout naming the file and the holder's pid. Re-entrant in
     this process. Yields the lock file's path.
     """
     sidecar = lock_path(path)
@@ -210,9 +213,9 @@ def locked(
 
 
 class Claim:
-    """A lock held beyond one ``with`` block (e.g. a tune run owned for a whole session).
+    """A lock held beyond one `with` block (e.g. a tune run owned for a whole session).
 
-    Fails at once, or after ``timeout`` seconds, when another process holds it.
+    Fails at once, or after `timeout` seconds, when another process holds it.
     """
 
     def __init__(self, path: Path | str, *, timeout: float = 0.0, what: str = "its lock") -> None:
@@ -221,12 +224,14 @@ class Claim:
         self._released = False
 
     def release(self) -> None:
+        """Give the lock up; releasing it again does nothing."""
         if not self._released:
             self._released = True
             self._context.__exit__(None, None, None)
 
     @property
     def released(self) -> bool:
+        """True once the lock has been given up."""
         return self._released
 
 

@@ -1,14 +1,14 @@
 """GPU model identity: one normalised name per product, and what each product is.
 
-``nvidia-smi`` and ``rocm-smi`` name one product many ways ("NVIDIA A100-SXM4-80GB",
+`nvidia-smi` and `rocm-smi` name one product many ways ("NVIDIA A100-SXM4-80GB",
 "NVIDIA A100 80GB PCIe", "Tesla T4", "AMD Instinct MI300X OAM"), and recipes name it
 shorter ("A100", "T4", "MI300X"). Two names are the same GPU only when their normalised
 forms are equal: vendor and brand words, memory sizes, form factors and vGPU/MIG profiles
 are dropped, nothing else. So "A10" is not "A100" or "A10G", and "L4" is neither "L40" nor
 "L40S" (a substring test would confuse each pair).
 
-The compute capability table lets ``forge validate`` apply the quantization gates on a
-machine without the GPU; on the GPU host itself, ``nvidia-smi --query-gpu=compute_cap``
+The compute capability table lets `forge validate` apply the quantization gates on a
+machine without the GPU; on the GPU host itself, `nvidia-smi --query-gpu=compute_cap`
 wins. Source: NVIDIA, "CUDA GPU Compute Capability" (https://developer.nvidia.com/cuda-gpus)
 and its legacy page (https://developer.nvidia.com/cuda-legacy-gpus); the A10G (AWS) is the
 A10's GA102 at SM 8.6 and the H20/H800/A800 are export variants of H100/A100 silicon.
@@ -148,9 +148,11 @@ AMD_GFX_BY_MODEL: dict[str, str] = {
 
 
 def normalise_gpu_name(name: str) -> str:
-    """The product a GPU name stands for: "NVIDIA A100-SXM4-80GB" -> "A100",
-    "NVIDIA H100 80GB HBM3" -> "H100", "Tesla T4" -> "T4", "AMD Instinct MI300X OAM" ->
-    "MI300X". Unknown names keep every word that is not a brand or a suffix."""
+    """The product a GPU name stands for, e.g. "NVIDIA A100-SXM4-80GB" -> "A100".
+
+    Likewise "NVIDIA H100 80GB HBM3" -> "H100", "Tesla T4" -> "T4" and "AMD Instinct
+    MI300X OAM" -> "MI300X". Unknown names keep every word that is not a brand or a suffix.
+    """
     tokens = [t for t in re.split(r"[\s\-_()/,]+", name.strip().upper()) if t]
     if "MIG" in tokens:  # "A100-SXM4-40GB MIG 1g.5gb": the slice's parent GPU
         tokens = tokens[: tokens.index("MIG")]

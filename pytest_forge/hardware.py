@@ -1,6 +1,6 @@
 """What this host has to run vLLM on, and whether a recipe (or a quant method) fits it.
 
-Detection asks the vendor tools (``nvidia-smi``, then ``rocm-smi``) and falls back to
+Detection asks the vendor tools (`nvidia-smi`, then `rocm-smi`) and falls back to
 the CPU; a missing, hanging or failing tool is never an error, only "not that vendor".
 Visible-device variables are honoured, because vLLM only sees those devices.
 """
@@ -70,6 +70,8 @@ ROCM_QUERY = [
 
 @dataclass(frozen=True)
 class GpuInfo:
+    """One visible GPU as the vendor tool reports it."""
+
     name: str
     memory_gb: float
     driver: str | None = None
@@ -79,6 +81,8 @@ class GpuInfo:
 
 @dataclass(frozen=True)
 class HostHardware:
+    """This host's vendor, visible GPUs and CPU: what a measurement ran on."""
+
     vendor: Vendor
     gpus: list[GpuInfo] = field(default_factory=list)
     cpu_model: str = ""
@@ -95,13 +99,11 @@ class HostHardware:
 
     @property
     def count(self) -> int:
+        """The number of visible GPUs."""
         return len(self.gpus)
 
-    @property
-    def memory_gb_per_gpu(self) -> float | None:
-        return min(g.memory_gb for g in self.gpus) if self.gpus else None
-
     def describe(self) -> str:
+        """One line naming the hardware, e.g. "NVIDIA H100 80GB HBM3 x8 (driver 550.54, sm 9.0)"."""
         if self.vendor == "cpu" or not self.gpus:
             isa = f", {self.cpu_isa}" if self.cpu_isa else ""
             return f"cpu: {self.cpu_model} ({self.cpu_count} cores{isa})"
@@ -179,6 +181,7 @@ def _visible(items: list[GpuInfo], spec: str | None) -> list[GpuInfo]:
 
 
 def parse_nvidia_smi(text: str) -> list[GpuInfo]:
+    """The GPUs in the CSV output of NVIDIA_QUERY (or NVIDIA_QUERY_LEGACY)."""
     gpus: list[GpuInfo] = []
     for line in text.splitlines():
         cells = [c.strip() for c in line.split(",")]
@@ -202,7 +205,7 @@ def _mib_to_gb(cell: str) -> float:
 
 
 def parse_rocm_smi(text: str) -> list[GpuInfo]:
-    """Parse ``rocm-smi --showproductname --showmeminfo vram --json``.
+    """Parse `rocm-smi --showproductname --showmeminfo vram --json`.
 
     Key spelling changed across ROCm releases ("Card series" / "Card Series", ...) and
     rocm-smi may print warnings before the JSON, so the parse is deliberately loose.
@@ -331,7 +334,7 @@ def _gpu_name_matches(wanted: str, actual: str) -> bool:
 
 
 def match_recipe_hardware(recipe_hw: Any, host: HostHardware) -> str | None:
-    """None when a recipe's ``hardware`` can run on ``host``, else why it cannot."""
+    """None when a recipe's `hardware` can run on `host`, else why it cannot."""
     vendor = str(_get(recipe_hw, "vendor") or "").lower()
     if vendor and vendor != host.vendor:
         return f"recipe wants vendor {vendor}, this host is {host.vendor} ({host.describe()})"
@@ -356,13 +359,16 @@ def match_recipe_hardware(recipe_hw: Any, host: HostHardware) -> str | None:
 
 
 def backend_name(host: HostHardware) -> str:
+    """The name of the host's compute backend: "cuda", "rocm" or "cpu"."""
     return {"nvidia": "cuda", "amd": "rocm"}.get(host.vendor, "cpu")
 
 
 def comparable_hardware(description: str) -> str:
-    """What must match for two measurements to be compared: a ``describe()`` string
-    without the GPU driver version and the number of GPUs the host shows (a driver update
-    or a bigger runner of the same GPU type does not make a baseline meaningless)."""
+    """What must match for two measurements to be compared, from a `describe()` string.
+
+    The GPU driver version and the number of GPUs the host shows are dropped: a driver
+    update or a bigger runner of the same GPU type does not make a baseline meaningless.
+    """
     if description.startswith("cpu:"):
         return description  # cores and ISA are the hardware on a CPU
     groups = set()

@@ -13,20 +13,21 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from pytest_forge.errors import ForgeError, RecipeError
+from pytest_forge.forge_item import ForgeFailure, ForgeItem
 from pytest_forge.hardware import (
     comparable_hardware,
     match_recipe_hardware,
     recipe_quant_problem,
 )
 from pytest_forge.recipe import Recipe
-from pytest_forge.session import ForgeFailure, check_recipe, forge_session
+from pytest_forge.session import check_recipe, forge_session
 from pytest_forge.tune_items import tune_items
 from pytest_forge.workload import Workload, discover_workloads, load_workload
 from pytest_forge.xdist_groups import add_group_mark
 
 if TYPE_CHECKING:
     from pytest_forge.ab import SideEndpoint
-    from pytest_forge.pipeline import CaseResult
+    from pytest_forge.results import CaseResult
     from pytest_forge.session import ForgeSession
 
 
@@ -36,6 +37,8 @@ class RecipeFile(pytest.File):
     recipe: Recipe | None = None
 
     def collect(self) -> Iterator[pytest.Item]:
+        """The recipe's tests: one per workload (or tune slot), or one that fails with
+        why the recipe could not be loaded."""
         session = forge_session(self.config)
         try:
             self.recipe = Recipe.load(self.path)
@@ -89,28 +92,32 @@ class RecipeFile(pytest.File):
         return None
 
     def teardown(self) -> None:
+        """Stop the recipe's server(s) when pytest leaves the recipe file."""
         forge_session(self.config).stop_server(str(self.path))
 
 
-class ErrorItem(pytest.Item):
+class ErrorItem(ForgeItem):
     """Stands for a recipe or workload that could not be loaded."""
+
+    forge_gate = True
 
     def __init__(self, *, error: str, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.error = error
 
     def runtest(self) -> None:
+        """Fail with the loading error."""
         raise ForgeFailure(self.error)
 
-    def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style=None) -> str:
-        return str(excinfo.value)
-
     def reportinfo(self) -> tuple[Path, int | None, str]:
+        """The file and what of it failed to load."""
         return self.path, 0, self.name
 
 
-class GateItem(pytest.Item):
+class GateItem(ForgeItem):
     """One recipe x workload benchmark test."""
+
+    forge_gate = True
 
     def __init__(
         self,
@@ -124,16 +131,17 @@ class GateItem(pytest.Item):
         self.workload_path = workload_path
         self.check_error = check_error
         self.skip_reason = skip_reason  # hardware or quantization this runner lacks
-        self.booted = False
         self.forge_case: dict[str, Any] | None = None
 
     @property
     def recipe(self) -> Recipe:
+        """The recipe its file loaded."""
         parent = self.parent
         assert isinstance(parent, RecipeFile) and parent.recipe is not None
         return parent.recipe
 
     def load_workload(self) -> Workload:
+        """The test's workload, or a failure naming the recipe's missing workload."""
         if self.workload_path is None:
             session = forge_session(self.config)
             raise ForgeFailure(
@@ -143,8 +151,11 @@ class GateItem(pytest.Item):
         return load_workload(self.workload_path)
 
     def runtest(self) -> None:
+        """Measure the recipe on the workload (or A/B), judge it, report it."""
         from pytest_forge import report
-        from pytest_forge.pipeline import case_to_dict, record_baseline
+        from pytest_forge.pipeline import record_baseline
+        from pytest_forge.progress import progress_printer
+        from pytest_forge.results import case_to_dict
 
         if self.check_error:
             raise ForgeFailure(self.check_error)
@@ -162,14 +173,14 @@ class GateItem(pytest.Item):
             reference = session.reference_recipe(recipe)
         if reference is None:
             self._check_baseline_hardware(session, recipe)
-        progress = report.progress_printer(self.config, self.nodeid)
+        progress = progress_printer(self.config, self.nodeid)
         boots = session.boots
         try:
             if reference is not None:
                 result = self._run_ab(session, recipe, reference, workload, progress)
             else:
                 result = self._run_gate(session, recipe, workload, progress)
-            self.booted = session.boots > boots
+            booted = session.boots > boots
         finally:
             progress.done()  # also when the boot or the run fails: no stale status line
         if session.ab and reference is None and not session.config.update_baselines:
@@ -182,7 +193,7 @@ class GateItem(pytest.Item):
         if session.config.update_baselines and result.verdict.passed:
             result.notes += record_baseline(self.path, result, session.measured_with())
             result.baseline_written = True
-        self.forge_case = {**case_to_dict(result), "booted": self.booted}
+        self.forge_case = {**case_to_dict(result), "booted": booted}
         if not result.verdict.passed:
             raise ForgeFailure(result.verdict.failure_message())
         self._require_judged(result)
@@ -278,11 +289,3 @@ class GateItem(pytest.Item):
                 f"compare with a reference measured now: pytest '{self.nodeid}' "
                 "--forge-ab-ref origin/main",
             )
-
-    def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style=None) -> str:
-        if isinstance(excinfo.value, ForgeFailure | ForgeError):
-            return str(excinfo.value)
-        return super().repr_failure(excinfo, style=style)
-
-    def reportinfo(self) -> tuple[Path, int | None, str]:
-        return self.path, 0, f"{self.parent.name}::{self.name}"

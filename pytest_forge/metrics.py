@@ -32,6 +32,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from prometheus_client.parser import text_string_to_metric_families
 
+from pytest_forge.metric_registry import HEADLINE, THROUGHPUT, MetricSpec
+
 if TYPE_CHECKING:
     from collections.abc import Iterable, Mapping, Sequence
 
@@ -40,7 +42,6 @@ if TYPE_CHECKING:
 MS = 1000.0
 LATENCY_METRICS = ("ttft", "tpot", "itl", "e2el")
 STATS = ("mean", "median", "std", "p50", "p90", "p99")
-PERCENTILES = {"p50": 50.0, "p90": 90.0, "p99": 99.0}
 
 
 @dataclass
@@ -60,6 +61,7 @@ class RequestRecord:
 
     @property
     def success(self) -> bool:
+        """The request completed: no error, a first token and a usage count."""
         return self.error is None and self.ttft is not None and self.output_tokens is not None
 
     @property
@@ -77,6 +79,7 @@ class RequestRecord:
         return [t[i] - t[i - 1] for i in range(1, len(t))]
 
     def to_dict(self, chunk_times: bool = False) -> dict[str, Any]:
+        """JSON-ready form, with ``success`` and ``tpot``; chunk times on request."""
         data = asdict(self)
         if not chunk_times:
             del data["chunk_times"]
@@ -189,6 +192,7 @@ class RepeatSummary:
     def from_records(
         cls, records: Iterable[RequestRecord], duration_s: float, slo: SLO | None = None
     ) -> RepeatSummary:
+        """Summarise one repeat's requests, as vLLM's ``calculate_metrics`` does."""
         ok: list[RequestRecord] = []
         errors: Counter[str] = Counter()
         for r in records:
@@ -217,7 +221,7 @@ class RepeatSummary:
             "itl": itls,
             "e2el": [r.e2el for r in ok if r.e2el is not None],
         }
-        latency: dict[str, float | None] = {}
+        latency: dict[str, Any] = {}  # RepeatSummary's *_ms fields, by name
         for name, values in series.items():
             for stat, value in _stats(values).items():
                 latency[f"{name}_{stat}_ms"] = value
@@ -261,6 +265,7 @@ class ServerMetrics:
 
     @classmethod
     def parse(cls, text: str) -> ServerMetrics:
+        """The counters in one ``/metrics`` page (Prometheus text format)."""
         # vLLM's page is long (histograms): hand the parser only the sample lines we read
         # (without their # TYPE lines each parses as an untyped family of its full name).
         lines = [ln for ln in text.splitlines() if ln.startswith(_PREFIXES)]
@@ -295,6 +300,8 @@ class ServerMetricsDelta:
     def between(
         cls, before: ServerMetrics, after: ServerMetrics, kv_samples: Sequence[float] = ()
     ) -> ServerMetricsDelta:
+        """The change from ``before`` to ``after``, with the KV-cache usage samples between."""
+
         def delta(a: float | None, b: float | None) -> int | None:
             # A counter that went down means the server restarted in between: no delta.
             if a is None or b is None or b < a:
@@ -388,28 +395,19 @@ class Measurement:
         return [r for recs in self.records for r in recs if not r.success]
 
     def headline(self) -> dict[str, float | int | str | None]:
-        """The figures reports and baselines use: medians over repeats, counts summed."""
-        keys = (
-            "output_throughput",
-            "request_throughput",
-            "total_token_throughput",
-            "ttft_p50_ms",
-            "ttft_p99_ms",
-            "tpot_p50_ms",
-            "tpot_p99_ms",
-            "itl_p99_ms",
-            "e2el_p99_ms",
-            "goodput",
-        )
-        out: dict[str, float | int | str | None] = {k: self.median(k) for k in keys}
-        # Counts are totals over repeats: a median would hide one repeat's failure.
-        out["failed"] = self.failed_requests
-        out["completed"] = sum(r.completed for r in self.repeats)
-        out["cv"] = self.cv("output_throughput")
-        out["repeats"] = len(self.repeats)
-        for k in ("preemptions", "prefix_cache_hit_rate", "kv_cache_usage_max"):
-            out[k] = self.median(k)
-        return out
+        """The figures reports and baselines use (metric_registry.HEADLINE, in its order):
+        medians over repeats, counts summed."""
+        return {spec.name: self._aggregate(spec) for spec in HEADLINE}
+
+    def _aggregate(self, spec: MetricSpec) -> float | int | None:
+        if spec.aggregate == "total":
+            # Counts are totals over repeats: a median would hide one repeat's failure.
+            return sum(int(getattr(r, spec.name)) for r in self.repeats)
+        if spec.aggregate == "cv":
+            return self.cv(THROUGHPUT.name)
+        if spec.aggregate == "count":
+            return len(self.repeats)
+        return self.median(spec.name)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Measurement:

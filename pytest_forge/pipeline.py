@@ -8,9 +8,8 @@ from __future__ import annotations
 
 import datetime as _dt
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
 from pytest_forge import __version__
 from pytest_forge.accuracy import (
@@ -24,16 +23,18 @@ from pytest_forge.bench import BenchOptions, Progress, run_bench
 from pytest_forge.endpoint import Endpoint
 from pytest_forge.errors import ForgeError, ServerError
 from pytest_forge.fileio import locked
-from pytest_forge.metric_registry import JUDGED
 from pytest_forge.metrics import Measurement
-from pytest_forge.recipe import Baseline, MeasuredWith, Recipe
+from pytest_forge.recipe import MeasuredWith, Recipe
+from pytest_forge.results import CaseResult, Evaluation, baseline_from
+
+# TEMP re-export: CaseResult and its (de)serialisation moved to pytest_forge.results; these
+# keep `from pytest_forge.pipeline import ...` working until every caller imports from there.
+from pytest_forge.results import case_from_dict as case_from_dict  # TEMP re-export
+from pytest_forge.results import case_to_dict as case_to_dict  # TEMP re-export
+from pytest_forge.server import VllmServer
 from pytest_forge.slo import SLO
-from pytest_forge.verdict import Check, Verdict, judge, tolerances
+from pytest_forge.verdict import Verdict, judge, tolerances
 from pytest_forge.workload import Workload
-
-if TYPE_CHECKING:
-    from pytest_forge.tune.records import Evaluation
-
 
 DEFAULT_REPEATS = 3
 DEFAULT_MAX_REPEATS = 20
@@ -53,80 +54,16 @@ class GateOptions:
     kv_sample_interval_s: float = 0.0  # see BenchOptions.metrics_interval_s
 
     def repeats_for(self, workload: Workload) -> int:
+        """Timed repeats of the first pass: command line > workload sidecar > default."""
         return self.repeats or workload.replay.repeats or DEFAULT_REPEATS
 
     def max_repeats_for(self, workload: Workload) -> int:
+        """The most repeats an inconclusive verdict may grow to (never below the first pass)."""
         return max(self.max_repeats or DEFAULT_MAX_REPEATS, self.repeats_for(workload))
 
 
-@dataclass
-class CaseResult:
-    recipe_id: str
-    workload: str
-    measurement: Measurement
-    accuracy: AccuracyResult | None
-    verdict: Verdict
-    baseline_written: bool = False
-    notes: list[str] = field(default_factory=list)
-    reference: Measurement | None = None  # A/B: side A, measured in the same rounds
-
-
-def case_to_dict(result: CaseResult) -> dict[str, Any]:
-    """JSON-ready form of a result, to carry it from a pytest-xdist worker to the controller."""
-    v = result.verdict
-    return {
-        "recipe_id": result.recipe_id,
-        "workload": result.workload,
-        "measurement": result.measurement.to_dict(),
-        "accuracy": result.accuracy.model_dump(mode="json") if result.accuracy else None,
-        "verdict": {
-            "checks": [asdict(c) for c in v.checks],
-            "baseline": v.baseline.model_dump(mode="json") if v.baseline else None,
-            "output_throughput": v.output_throughput,
-            "accuracy": v.accuracy,
-            "tolerance": v.tolerance,
-            "vllm_now": v.vllm_now,
-            "mode": v.mode,
-            "reference_label": v.reference_label,
-            "reference_throughput": v.reference_throughput,
-            "vllm_reference": v.vllm_reference,
-        },
-        "notes": list(result.notes),
-        "baseline_written": result.baseline_written,
-        "reference": result.reference.to_dict() if result.reference is not None else None,
-    }
-
-
-def case_from_dict(data: dict[str, Any]) -> CaseResult:
-    vd = data["verdict"]
-    verdict = Verdict(
-        recipe_id=data["recipe_id"],
-        workload=data["workload"],
-        checks=[Check(**c) for c in vd["checks"]],
-        baseline=Baseline.model_validate(vd["baseline"]) if vd["baseline"] else None,
-        output_throughput=vd["output_throughput"],
-        accuracy=vd["accuracy"],
-        tolerance=vd["tolerance"],
-        vllm_now=vd["vllm_now"],
-        mode=vd.get("mode", "baseline"),
-        reference_label=vd.get("reference_label"),
-        reference_throughput=vd.get("reference_throughput"),
-        vllm_reference=vd.get("vllm_reference"),
-    )
-    accuracy = AccuracyResult.model_validate(data["accuracy"]) if data["accuracy"] else None
-    return CaseResult(
-        data["recipe_id"],
-        data["workload"],
-        Measurement.from_dict(data["measurement"]),
-        accuracy,
-        verdict,
-        baseline_written=bool(data.get("baseline_written", False)),
-        notes=list(data.get("notes", [])),
-        reference=Measurement.from_dict(data["reference"]) if data.get("reference") else None,
-    )
-
-
 def measured_with(vllm_version: str | None, hardware: str, backend: str) -> MeasuredWith:
+    """What a baseline measured now was measured with (vLLM, pytest-forge, hardware, date)."""
     return MeasuredWith(
         vllm=vllm_version or "unknown",
         pytest_forge=__version__,
@@ -134,34 +71,6 @@ def measured_with(vllm_version: str | None, hardware: str, backend: str) -> Meas
         backend=backend,
         date=_dt.date.today().isoformat(),
     )
-
-
-def baseline_from(
-    measurement: Measurement, accuracy: float | None, with_: MeasuredWith
-) -> Baseline:
-    """A baseline is always a measurement: medians over the repeats, never typed."""
-    return Baseline(
-        output_throughput=round(measurement.median("output_throughput"), 2),
-        request_throughput=_round(measurement.median("request_throughput"), 4),
-        ttft_p99_ms=_round(measurement.median("ttft_p99_ms"), 2),
-        tpot_p99_ms=_round(measurement.median("tpot_p99_ms"), 3),
-        itl_p99_ms=_round(measurement.median("itl_p99_ms"), 3),
-        e2el_p99_ms=_round(measurement.median("e2el_p99_ms"), 2),
-        accuracy=_round(accuracy, 4),
-        goodput=_round(measurement.median("goodput"), 4),
-        repeats=len(measurement.repeats),
-        cv=round(measurement.cv("output_throughput"), 4),
-        measured_with=with_,
-        samples={
-            spec.name: [round(v, 4) for v in measurement.values(spec.name)]
-            for spec in JUDGED
-            if measurement.values(spec.name)
-        },
-    )
-
-
-def _round(value: float | None, digits: int) -> float | None:
-    return None if value is None else round(value, digits)
 
 
 def run_case(
@@ -302,9 +211,6 @@ def evaluate_recipe(
     The tuner's candidates and the benchmarks take this path; a boot failure or a server
     death is returned as the evaluation's error (with the vLLM log tail), not raised.
     """
-    from pytest_forge.server import VllmServer
-    from pytest_forge.tune.records import Evaluation
-
     server = VllmServer(recipe, log_dir, boot_timeout_s=boot_timeout_s, extra_env=extra_env)
     measurements: dict[str, Measurement] = {}
     verdicts: dict[str, Verdict] = {}

@@ -1,8 +1,8 @@
 """Quantization gates: whether a method (or a recipe's quantization) may run on a GPU.
 
 The gates are seeds/001's table brought in line with vLLM's own quantization support
-matrix; they take either a detected host (``hardware.HostHardware``) or a GPU's name, so
-``forge validate`` can apply them on a machine without that GPU.
+matrix; they take either a detected host (`hardware.HostHardware`) or a GPU's name, so
+`forge validate` can apply them on a machine without that GPU.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ class _Gpu(Protocol):
 
 
 class Host(Protocol):
-    """What the gates read of ``hardware.HostHardware``."""
+    """What the gates read of `hardware.HostHardware`."""
 
     @property
     def vendor(self) -> str: ...
@@ -82,8 +82,11 @@ _MIN_SM: dict[QuantFamily, tuple[float, str]] = {
 
 
 def _quant_family(key: str) -> QuantFamily | None:
-    """The table's family of a method name; vLLM's variants (fp8_per_tensor, gptq_marlin,
-    int8_per_channel_weight_only, ...) belong to the family their name says."""
+    """The table's family of a method name.
+
+    vLLM's variants (fp8_per_tensor, gptq_marlin, int8_per_channel_weight_only, ...)
+    belong to the family their name says.
+    """
     if key in _QUANT_FAMILIES:
         return _QUANT_FAMILIES[key]
     if "fp8" in key:
@@ -112,10 +115,10 @@ def _is_amd_name(name: str, compute_capability: str | float | None) -> bool:
 def quant_unsupported_reason(
     host_or_gpu_name: Host | str, compute_capability: str | float | None, method: str
 ) -> str | None:
-    """None when ``method`` may run on that GPU, else why not.
+    """None when `method` may run on that GPU, else why not.
 
-    NVIDIA: the minimum compute capability of the method's family (``_MIN_SM``), taken
-    from ``compute_capability``, else what nvidia-smi reported, else gpu_models' table.
+    NVIDIA: the minimum compute capability of the method's family (`_MIN_SM`), taken
+    from `compute_capability`, else what nvidia-smi reported, else gpu_models' table.
     AMD: seeds/001 gates quantization to MI300X-class CDNA3 (gfx94x). Nothing is allowed on
     CPU: vLLM's CPU backend is not what the table covers.
     """
@@ -164,8 +167,11 @@ def quant_unsupported_reason(
 
 
 def effective_quant_method(recipe: Any) -> tuple[str, str]:
-    """(field, value) of the quantization a recipe's vLLM runs with: ``quant.method``, or
-    a ``--quantization`` the recipe passes as ``config.quantization`` instead."""
+    """(field, value) of the quantization a recipe's vLLM runs with.
+
+    That is `quant.method`, or a `--quantization` the recipe passes as
+    `config.quantization` instead.
+    """
     method = str(_get(_get(recipe, "quant"), "method") or "none")
     if method.strip().lower() not in _NO_QUANT:
         return "quant.method", method
@@ -177,9 +183,11 @@ def effective_quant_method(recipe: Any) -> tuple[str, str]:
 
 
 def effective_kv_cache_dtype(recipe: Any) -> tuple[str, str]:
-    """(field, value) of the KV-cache dtype a recipe's vLLM runs with:
-    ``quant.kv_cache_quant``, or ``config.kv_cache_dtype`` (both become --kv-cache-dtype),
-    else ("quant.kv_cache_quant", "auto")."""
+    """(field, value) of the KV-cache dtype a recipe's vLLM runs with.
+
+    That is `quant.kv_cache_quant`, or `config.kv_cache_dtype` (both become
+    --kv-cache-dtype), else ("quant.kv_cache_quant", "auto").
+    """
     kv = str(_get(_get(recipe, "quant"), "kv_cache_quant") or "none")
     if kv.strip().lower() not in _NO_KV_QUANT:
         return "quant.kv_cache_quant", kv
@@ -191,10 +199,13 @@ def effective_kv_cache_dtype(recipe: Any) -> tuple[str, str]:
 
 
 def recipe_quant_problem(recipe: Any, target: Host | str) -> tuple[str, str] | None:
-    """(field, why) when the quantization a recipe runs with is gated off ``target`` (a
-    host or a GPU name). Takes the whole recipe so that a --quantization or --kv-cache-dtype
-    set under ``config:`` is gated like the ``quant:`` section. Only FP8 KV caches are
-    gated; other KV dtypes store in the model's precision or are vLLM's own checks."""
+    """(field, why) when the quantization a recipe runs with is gated off `target`.
+
+    `target` is a host or a GPU name. Takes the whole recipe so that a --quantization or
+    --kv-cache-dtype set under `config:` is gated like the `quant:` section. Only FP8 KV
+    caches are gated; other KV dtypes store in the model's precision or are vLLM's own
+    checks.
+    """
     field_name, method = effective_quant_method(recipe)
     why = quant_unsupported_reason(target, None, method)
     if why:
@@ -210,4 +221,5 @@ def recipe_quant_problem(recipe: Any, target: Host | str) -> tuple[str, str] | N
 def quant_supported(
     host_or_gpu_name: Host | str, compute_capability: str | float | None, method: str
 ) -> bool:
+    """True when `method` may run on that GPU (see quant_unsupported_reason)."""
     return quant_unsupported_reason(host_or_gpu_name, compute_capability, method) is None

@@ -4,39 +4,41 @@ Loading validates the YAML into pydantic models and translates every problem int
 RecipeError that names the file, the dotted field and, when known, the line. Saving is
 atomic and, when the file already exists, edits it in place through ruamel.yaml's
 round-trip mode so the user's comments and key order survive a tuner or baseline write.
+The sections (hardware, quant, gates, lineage, baselines) are in recipe_sections.py.
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
-import difflib
 import hashlib
 import json
 import os
 import re
-import statistics
 from collections.abc import Mapping
 from io import StringIO
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any
 
-from pydantic import (
-    BaseModel,
-    BeforeValidator,
-    ConfigDict,
-    Field,
-    PrivateAttr,
-    ValidationError,
-    field_validator,
-    model_validator,
-)
+from pydantic import Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from pytest_forge.errors import RecipeError
 from pytest_forge.fileio import atomic_write, locked
-from pytest_forge.metric_registry import JUDGED_BY_NAME, LATENCY_NAMES
 from pytest_forge.recipe_errors import field_error as _field_error
 from pytest_forge.recipe_errors import translate
+from pytest_forge.recipe_sections import (
+    NO_KV_CACHE_QUANT,
+    NO_QUANTIZATION_FLAG,
+    Baseline,
+    Gates,
+    Hardware,
+    Lineage,
+    MeasuredWith,
+    Quant,
+    Str,
+    StrictModel,
+    quant_method_problem,
+)
 from pytest_forge.serving_policy import (
     CODE_LOADING,
     OPT_IN_KEY,
@@ -47,7 +49,6 @@ from pytest_forge.serving_policy import (
     env_name_problem,
     opt_in_name,
 )
-from pytest_forge.slo import SLO
 from pytest_forge.yaml_io import YamlInputError, line_of, line_suffix, read_text
 from pytest_forge.yaml_io import flow_samples as _flow_samples
 from pytest_forge.yaml_io import guess_layout as _guess_layout
@@ -55,36 +56,6 @@ from pytest_forge.yaml_io import load as _load_yaml
 from pytest_forge.yaml_io import merge as _merge
 from pytest_forge.yaml_io import plain as _plain
 from pytest_forge.yaml_io import rt_yaml as _yaml
-from pytest_forge.yaml_io import scalar_to_str as _scalar_to_str
-
-# quant.method values that pass no --quantization: dtypes, and "auto" (let vLLM read a
-# pre-quantized checkpoint's scheme from its config, as it always does).
-NO_QUANTIZATION_FLAG = frozenset({"none", "auto", "bf16", "fp16"})
-NO_KV_CACHE_QUANT = frozenset({"none", "auto"})
-# Precision labels that are not vLLM methods (`--quantization` takes only the names in
-# vLLM's QUANTIZATION_METHODS): with no flag vLLM would serve the checkpoint as it is, so
-# an "int8" recipe on a plain checkpoint would measure the unquantized model under that
-# label. They are refused, pointing at the method vLLM really uses for such checkpoints.
-_PRECISION_LABELS = {
-    "int8": "compressed-tensors (an llm-compressor INT8 W8A8 checkpoint)",
-    "int4": "awq, gptq, awq_marlin or gptq_marlin (an INT4 W4A16 checkpoint)",
-}
-
-
-def quant_method_problem(method: str) -> str | None:
-    """Why ``method`` cannot be a quant.method, or None (names vLLM does not know are
-    checked against the installed vLLM by vllm_args, with the nearest valid name)."""
-    label = str(method).strip().lower()
-    if label not in _PRECISION_LABELS:
-        return None
-    return (
-        f"'{method}' is a precision, not a vLLM quantization method: no --quantization "
-        "would be passed and vLLM would serve the checkpoint unchanged (unquantized unless "
-        f"it already is {label}) under this label. Name the checkpoint's scheme instead, "
-        f"e.g. {_PRECISION_LABELS[label]}, or 'auto' to let vLLM read it from the "
-        "checkpoint's config"
-    )
-
 
 _ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -96,131 +67,9 @@ _CHANGEABLE_QUANT = ("quant.method", "quant.kv_cache_quant")
 _FLAT_LINEAGE = ("generation", "parent_id")
 
 
-Str = Annotated[str, BeforeValidator(_scalar_to_str)]
+class Recipe(StrictModel):
+    """One vLLM deployment: model, hardware, serving config, quantization, env, gates."""
 
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class Hardware(_Strict):
-    vendor: Literal["nvidia", "amd", "cpu"]
-    gpu_type: Str | None = None
-    count: int = Field(default=1, ge=1)
-    memory_gb_per_gpu: float | None = Field(default=None, gt=0)
-
-
-class Quant(_Strict):
-    method: Str = "none"
-    kv_cache_quant: Str = "none"
-
-    @field_validator("method", "kv_cache_quant", mode="before")
-    @classmethod
-    def _null_is_none(cls, value: Any) -> Any:
-        # `method: null` and `method: none` mean the same thing to a reader.
-        return "none" if value is None else value
-
-    @field_validator("method")
-    @classmethod
-    def _a_real_method(cls, value: str) -> str:
-        problem = quant_method_problem(value)
-        if problem:
-            raise ValueError(problem)
-        return value
-
-
-class Gates(_Strict):
-    # Above 1 is allowed on purpose: such a floor can never pass, which is a valid way
-    # to force a failing gate while debugging.
-    accuracy_floor: float | None = Field(default=None, ge=0)
-    accuracy_scorer: Literal["exact", "contains", "regex", "agreement"] | None = None
-    throughput_tolerance: float | None = Field(default=None, ge=0, lt=1)
-    # The largest latency slow-down that does not matter, as a fraction: one number for
-    # every judged latency metric, or per metric (ttft_p99_ms: 0.5, ...); metrics left out
-    # use metric_registry's defaults.
-    latency_tolerance: (
-        Annotated[float, Field(ge=0, le=10)] | dict[str, Annotated[float, Field(ge=0, le=10)]]
-    ) = Field(default_factory=dict)
-    slo: SLO = Field(default_factory=SLO)
-
-    @field_validator("latency_tolerance")
-    @classmethod
-    def _known_latency_metrics(cls, value: float | dict[str, float]) -> float | dict[str, float]:
-        for name in value if isinstance(value, dict) else ():
-            if name not in LATENCY_NAMES:
-                near = difflib.get_close_matches(name, LATENCY_NAMES, n=1)
-                hint = f" (did you mean {near[0]}?)" if near else ""
-                raise ValueError(
-                    f"unknown latency metric {name!r}{hint}; known: {', '.join(LATENCY_NAMES)}"
-                )
-        return value
-
-    def latency_tolerances(self) -> dict[str, float]:
-        """The tolerance set for each latency metric (those the recipe sets)."""
-        value = self.latency_tolerance
-        if isinstance(value, dict):
-            return dict(value)
-        return dict.fromkeys(LATENCY_NAMES, float(value))
-
-
-class Lineage(_Strict):
-    generation: int = Field(default=0, ge=0)
-    parent_id: Str | None = None
-    rationale: Str | None = None
-
-
-class MeasuredWith(_Strict):
-    vllm: Str
-    pytest_forge: Str
-    hardware: Str
-    backend: Str
-    date: Str
-
-
-class Baseline(_Strict):
-    output_throughput: float = Field(ge=0)
-    request_throughput: float | None = Field(default=None, ge=0)
-    ttft_p99_ms: float | None = Field(default=None, ge=0)
-    tpot_p99_ms: float | None = Field(default=None, ge=0)
-    itl_p99_ms: float | None = Field(default=None, ge=0)
-    e2el_p99_ms: float | None = Field(default=None, ge=0)
-    accuracy: float | None = Field(default=None, ge=0, le=1)
-    goodput: float | None = Field(default=None, ge=0)
-    repeats: int = Field(ge=1)
-    cv: float = Field(ge=0)
-    measured_with: MeasuredWith
-    # Every judged metric's value in each repeat (metric_registry.JUDGED), so the verdict
-    # can test the change against the baseline's own spread. Older files have medians only.
-    samples: dict[str, list[Annotated[float, Field(ge=0)]]] = Field(default_factory=dict)
-
-    @model_validator(mode="after")
-    def _medians_match_samples(self) -> Baseline:
-        # The verdict reads the samples: a median edited by hand beside them would be
-        # silently ignored, so the two must agree (up to the 4-decimal rounding of both).
-        for metric, values in self.samples.items():
-            if metric not in JUDGED_BY_NAME:
-                raise _field_error(f"samples.{metric}", f"unknown metric {metric!r}")
-            median = getattr(self, metric, None)
-            if not values or median is None:
-                continue
-            expected = statistics.median(values)
-            if abs(median - expected) > 0.01 + 1e-3 * abs(expected):
-                raise _field_error(
-                    metric,
-                    f"{median} is not the median of its samples ({expected:g}): baselines are "
-                    "recorded by --forge-update-baselines, not edited by hand",
-                )
-        return self
-
-    def values(self, metric: str) -> list[float]:
-        """The baseline's per-repeat values of ``metric``, else its median alone, else []."""
-        if self.samples.get(metric):
-            return list(self.samples[metric])
-        median = getattr(self, metric, None)
-        return [float(median)] if isinstance(median, (int, float)) else []
-
-
-class Recipe(_Strict):
     id: Str
     model: Str = Field(min_length=1)
     hardware: Hardware
@@ -364,6 +213,7 @@ class Recipe(_Strict):
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> Recipe:
+        """Read and validate ``<id>.yaml`` (RecipeError naming file, field and line)."""
         p = Path(path)
         try:
             text = read_text(p)
@@ -384,6 +234,7 @@ class Recipe(_Strict):
 
     @classmethod
     def from_yaml_text(cls, text: str, path: str | os.PathLike[str] | None = None) -> Recipe:
+        """Validate YAML text; ``path`` names the file in errors and becomes the recipe's."""
         p = Path(path) if path is not None else None
         tree = _parse(text, p)
         if not isinstance(tree, Mapping):
@@ -574,6 +425,8 @@ def _parse(text: str, path: Path | None) -> Any:
 
 
 __all__ = [
+    "NO_KV_CACHE_QUANT",
+    "NO_QUANTIZATION_FLAG",
     "RESERVED_CONFIG_KEYS",
     "Baseline",
     "Gates",
@@ -582,4 +435,5 @@ __all__ = [
     "MeasuredWith",
     "Quant",
     "Recipe",
+    "quant_method_problem",
 ]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import difflib
 import types
 import typing
 from collections.abc import Mapping
@@ -13,6 +12,7 @@ from pydantic import BaseModel, ValidationError
 from pydantic_core import PydanticCustomError
 
 from pytest_forge.errors import RecipeError
+from pytest_forge.suggest import nearest
 from pytest_forge.yaml_io import line_of, line_suffix
 
 __all__ = ["field_error", "translate"]
@@ -72,8 +72,8 @@ def _describe(root: type[BaseModel], err: Mapping[str, Any]) -> tuple[str, str]:
         key = str(loc[-1])
         model = _model_at(root, loc[:-1])
         valid = list(model.model_fields) if model is not None else []
-        near = difflib.get_close_matches(key, valid, n=1)
-        hint = f"nearest valid key: '{near[0]}'" if near else f"valid keys: {', '.join(valid)}"
+        near = nearest(key, valid)
+        hint = f"nearest valid key: '{near}'" if near else f"valid keys: {', '.join(valid)}"
         return field, f"unknown key '{key}'; {hint}"
     if err["type"] == "missing":
         return field, "required key is missing"

@@ -1,51 +1,36 @@
-"""Reports computed from results: JUnit properties, pytest-benchmark rounds, the terminal
-summary table, a Markdown summary for $GITHUB_STEP_SUMMARY, github-action-benchmark JSON,
-and the live progress line."""
+"""Reports computed from results: JUnit properties, the summary table (terminal, Markdown,
+HTML), the per-metric comparison rows, the Markdown summary for $GITHUB_STEP_SUMMARY and
+github-action-benchmark entries. Metric names, units and formats come from metric_registry."""
 
 from __future__ import annotations
 
-import os
-import shutil
 import statistics
-import sys
-import time
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
-import pytest
-
-from pytest_forge.metric_registry import JUDGED_BY_NAME, THROUGHPUT
+from pytest_forge.metric_registry import (
+    ACTION_BENCHMARK,
+    JUDGED_BY_NAME,
+    JUNIT,
+    METRICS,
+    SUMMARY,
+    THROUGHPUT,
+)
 
 if TYPE_CHECKING:
-    from pytest_forge.bench import Progress
-    from pytest_forge.pipeline import CaseResult
+    from pytest_forge.results import CaseResult
     from pytest_forge.session import Unmeasured
 
-# Metrics every gate testcase carries as JUnit properties (and in pytest-benchmark extra_info).
-JUNIT_METRICS = (
-    "output_throughput",
-    "request_throughput",
-    "ttft_p50_ms",
-    "ttft_p99_ms",
-    "tpot_p50_ms",
-    "tpot_p99_ms",
-    "itl_p99_ms",
-    "e2el_p99_ms",
-    "goodput",
-    "completed",
-    "failed",
-    "cv",
-    "repeats",
-    "preemptions",
-    "prefix_cache_hit_rate",
-    "kv_cache_usage_max",
-)
+
+class _PropertyHolder(Protocol):
+    # A pytest.Item as far as JUnit properties go (no pytest import for that).
+    user_properties: list[tuple[str, object]]
 
 
 def result_properties(result: CaseResult) -> dict[str, Any]:
+    """A result's JUnit properties: its headline metrics, accuracy, verdict and comparisons."""
     head = result.measurement.headline()
-    props: dict[str, Any] = {k: head.get(k) for k in JUNIT_METRICS}
+    props: dict[str, Any] = {spec.name: head.get(spec.name) for spec in JUNIT}
     props["accuracy"] = result.accuracy.value if result.accuracy is not None else None
     props["accuracy_scorer"] = result.accuracy.scorer if result.accuracy is not None else None
     verdict = result.verdict
@@ -77,58 +62,38 @@ def _fmt_prop(value: Any) -> str:
     return "" if value is None else str(value)
 
 
-def record_item(item: pytest.Item, result: CaseResult) -> None:
-    """JUnit properties (written under every junit_family) and pytest-benchmark rounds."""
-    props = result_properties(result)
-    for key, value in props.items():
+def record_item(item: _PropertyHolder, result: CaseResult) -> None:
+    """A test's JUnit properties (written under every junit_family).
+
+    pytest-benchmark's rounds are fed from the test's report (benchmark_bridge.py), so they
+    also arrive on the pytest-xdist controller.
+    """
+    for key, value in result_properties(result).items():
         item.user_properties.append((key, _fmt_prop(value)))
-    _feed_pytest_benchmark(item, result, props)
-
-
-def _feed_pytest_benchmark(item: pytest.Item, result: CaseResult, props: dict[str, Any]) -> None:
-    """Each repeat is one round, so --benchmark-json carries the repeats and the metrics."""
-    bs = getattr(item.config, "_benchmarksession", None)
-    if bs is None or bs.skip or bs.disabled:
-        return
-    from pytest_benchmark.fixture import BenchmarkFixture
-
-    fixture = BenchmarkFixture(
-        item,
-        add_stats=bs.benchmarks.append,
-        logger=bs.logger,
-        warner=item.warn,
-        disabled=bs.disabled,
-        **dict(bs.options, group=f"forge:{result.recipe_id}"),
-    )
-    fixture.extra_info.update({k: v for k, v in props.items() if v is not None})
-    fixture.extra_info["workload"] = result.workload
-    fixture.extra_info["recipe"] = result.recipe_id
-    stats = fixture._make_stats(1)
-    for repeat in result.measurement.repeats:
-        stats.update(repeat.duration_s)
 
 
 # -- terminal summary ------------------------------------------------------------------
 
 
-def _num(value: float | None, fmt: str = "{:.1f}") -> str:
-    return "-" if value is None else fmt.format(value)
+def _number(value: object) -> float | None:
+    return float(value) if isinstance(value, int | float) else None
 
 
 def summary_rows(results: Iterable[CaseResult]) -> list[list[str]]:
+    """The summary table's rows, one per result, in :data:`SUMMARY_HEADER`'s columns."""
+    throughput, *latencies = SUMMARY
+    accuracy = METRICS["accuracy"]
     rows = []
     for r in results:
         head = r.measurement.headline()
-        change = r.verdict.change_vs_baseline
         rows.append(
             [
                 r.recipe_id,
                 r.workload,
-                _num(head.get("output_throughput")),
-                _change_cell(r, change),
-                _num(head.get("ttft_p99_ms")),
-                _num(head.get("tpot_p99_ms"), "{:.2f}"),
-                _num(r.accuracy.value if r.accuracy else None, "{:.3f}"),
+                throughput.number(_number(head.get(throughput.name))),
+                _change_cell(r, r.verdict.change_vs_baseline),
+                *(spec.number(_number(head.get(spec.name))) for spec in latencies),
+                accuracy.number(r.accuracy.value if r.accuracy else None),
                 "RECORDED" if r.baseline_written else r.verdict.status.upper(),
             ]
         )
@@ -204,6 +169,7 @@ def judged_counts(
 
 
 def judged_line(counts: dict[str, int], strict: bool) -> str:
+    """The terminal line saying how many gate tests were judged (a warning when not strict)."""
     total = sum(counts.values())
     text = f"forge: {counts['judged']} of {total} gate test(s) judged against a reference"
     if counts["recorded"]:
@@ -218,19 +184,25 @@ def judged_line(counts: dict[str, int], strict: bool) -> str:
     return text
 
 
+def _column(spec_name: str) -> str:
+    spec = METRICS[spec_name]
+    # "output tok/s", "TTFT p99 ms": the throughput column is named by its unit.
+    return f"output {spec.unit}" if spec is THROUGHPUT else f"{spec.label} {spec.unit}"
+
+
 SUMMARY_HEADER = [
     "recipe",
     "workload",
-    "output tok/s",
+    _column(SUMMARY[0].name),
     "vs reference [95% CI]",
-    "TTFT p99 ms",
-    "TPOT p99 ms",
+    *(_column(spec.name) for spec in SUMMARY[1:]),
     "accuracy",
     "verdict",
 ]
 
 
 def format_table(header: list[str], rows: list[list[str]]) -> str:
+    """A plain-text table: columns padded to their widest cell, a dashed rule under the header."""
     widths = [max(len(str(x)) for x in col) for col in zip(header, *rows, strict=False)]
     lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths, strict=False))]
     lines.append("  ".join("-" * w for w in widths))
@@ -239,7 +211,8 @@ def format_table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
-def versions_line(results: list[CaseResult]) -> str:
+def versions_line(results: Sequence[CaseResult]) -> str:
+    """vLLM now, and the versions the references were measured with when they differ."""
     nows = {r.verdict.vllm_now for r in results if r.verdict.vllm_now}
     thens = {r.verdict.baseline.measured_with.vllm for r in results if r.verdict.baseline}
     thens |= {r.verdict.vllm_reference for r in results if r.verdict.vllm_reference}
@@ -256,8 +229,11 @@ def unmeasured_reason(entry: Unmeasured, width: int = 300) -> str:
 
 
 def markdown_summary(
-    results: list[CaseResult], unmeasured: Sequence[Unmeasured] = (), vllm_now: str | None = None
+    results: Sequence[CaseResult],
+    unmeasured: Sequence[Unmeasured] = (),
+    vllm_now: str | None = None,
 ) -> str:
+    """The Markdown summary appended to $GITHUB_STEP_SUMMARY."""
     out = ["### pytest-forge", ""]
     counts = judged_counts(results, unmeasured)
     out += [
@@ -295,156 +271,24 @@ def markdown_summary(
     return "\n".join(out) + "\n"
 
 
-def github_benchmark_entries(results: list[CaseResult]) -> list[dict[str, Any]]:
+def github_benchmark_entries(results: Sequence[CaseResult]) -> list[dict[str, Any]]:
     """github-action-benchmark's custom format: throughput bigger-is-better, latency smaller."""
     entries = []
     for r in results:
         head = r.measurement.headline()
         name = f"{r.recipe_id}/{r.workload}"
         extra = f"vLLM {r.verdict.vllm_now}; repeats {head.get('repeats')}; cv {head.get('cv')}"
-        for key, unit, bigger in (
-            ("output_throughput", "tok/s", True),
-            ("request_throughput", "req/s", True),
-            ("ttft_p99_ms", "ms", False),
-            ("tpot_p99_ms", "ms", False),
-            ("e2el_p99_ms", "ms", False),
-        ):
-            value = head.get(key)
+        for spec in ACTION_BENCHMARK:
+            value = _number(head.get(spec.name))
             if value is None:
                 continue
             entries.append(
                 {
-                    "name": f"{name} {key}",
-                    "unit": unit,
-                    "value": round(float(value), 4),
+                    "name": f"{name} {spec.name}",
+                    "unit": spec.unit,
+                    "value": round(value, 4),
                     "extra": extra,
-                    "biggerIsBetter": bigger,
+                    "biggerIsBetter": spec.higher_is_better,
                 }
             )
     return entries
-
-
-def results_document(
-    results: list[CaseResult],
-    hardware: str,
-    unmeasured: Sequence[Unmeasured] = (),
-    vllm_now: str | None = None,
-) -> dict[str, Any]:
-    """The gate run's results.json, which ``forge compare RUN_A RUN_B`` reads."""
-    from pytest_forge import __version__
-
-    return {
-        "pytest_forge": __version__,
-        "vllm_version": next((r.verdict.vllm_now for r in results if r.verdict.vllm_now), None)
-        or vllm_now,
-        "hardware": hardware,
-        **judged_counts(results, unmeasured),
-        "not_measured": [asdict(u) for u in unmeasured],
-        "results": [
-            {
-                "recipe": r.recipe_id,
-                "workload": r.workload,
-                "metrics": r.measurement.headline(),
-                "accuracy": r.accuracy.value if r.accuracy is not None else None,
-                "verdict": r.verdict.status,
-                "judged": r.verdict.judged,
-                "reference": r.verdict.mode,
-                "reference_label": r.verdict.reference_label,
-                "reference_metrics": r.reference.headline() if r.reference else None,
-                "reference_vllm": r.verdict.vllm_reference,
-                "comparisons": {
-                    c.name: c.comparison for c in r.verdict.checks if c.comparison is not None
-                },
-                "baseline_vllm": r.verdict.baseline.measured_with.vllm
-                if r.verdict.baseline
-                else None,
-            }
-            for r in results
-        ],
-    }
-
-
-# -- progress --------------------------------------------------------------------------
-
-
-class ProgressPrinter:
-    """A live status line on a terminal; plain, rate-limited lines in CI logs; or nothing."""
-
-    def __init__(
-        self,
-        stream: Any,
-        label: str,
-        live: bool,
-        enabled: bool,
-        capman: Any = None,
-        reporter: Any = None,
-    ) -> None:
-        self.stream = stream
-        self.capman = capman
-        self.reporter = reporter
-        self.label = label
-        self.live = live
-        self.enabled = enabled
-        self._last = 0.0
-        self._last_phase = ""
-        self._start = time.monotonic()
-        self._shown = False
-
-    def _write(self, text: str, force: bool = False) -> None:
-        if not self.enabled:
-            return
-        if self.capman is not None:
-            # pytest captures the test's output; the status line must reach the terminal.
-            with self.capman.global_and_fixture_disabled():
-                self._emit(text, force)
-        else:
-            self._emit(text, force)
-
-    def _emit(self, text: str, force: bool) -> None:
-        # Looked up now: while pytest captures, sys.stderr is its buffer, not the terminal.
-        stream = self.stream or sys.stderr
-        now = time.monotonic()
-        if self.live:
-            if not self._shown and self.reporter is not None:
-                # A line of its own: never erase the "recipes/x.yaml .." pytest is writing.
-                self.reporter.ensure_newline()
-            self._shown = True
-            width = shutil.get_terminal_size().columns - 1  # one row: no stale wrapped rows
-            stream.write("\r\x1b[2K" + text[:width])
-            stream.flush()
-        elif force or now - self._last >= 30:
-            # CI logs: one line per phase change, and at most one every 30 s otherwise.
-            stream.write(text + "\n")
-            stream.flush()
-            self._last = now
-
-    def phase(self, name: str) -> None:
-        self._write(f"forge {self.label}: {name}", force=True)
-        self._last_phase = name
-
-    def update(self, p: Progress) -> None:
-        phase = "warmup" if p.phase == "warmup" else f"repeat {p.repeat} of {p.repeats}"
-        rate = p.output_tokens / p.elapsed_s if p.elapsed_s > 0 else 0.0
-        text = f"forge {self.label}: {phase}, requests {p.done}/{p.total}, {rate:.0f} tok/s so far"
-        self._write(text, force=phase != self._last_phase)
-        self._last_phase = phase
-
-    def done(self) -> None:
-        if self.enabled and self.live and self._shown:
-            self._write("")
-            self._shown = False
-            if self.reporter is not None:
-                # The status line took pytest's line: make it write the file name again.
-                self.reporter.currentfspath = None
-
-
-def progress_printer(config: pytest.Config, label: str) -> ProgressPrinter:
-    reporter = config.pluginmanager.get_plugin("terminalreporter")
-    quiet = config.get_verbosity() < 0
-    is_ci = bool(os.environ.get("CI"))
-    live = sys.__stderr__ is not None and sys.__stderr__.isatty() and not is_ci
-    enabled = reporter is not None and not quiet and (live or is_ci or config.get_verbosity() > 0)
-    if hasattr(config, "workerinput"):
-        enabled = False  # pytest-xdist workers share one terminal: status lines would clash
-    capman = config.pluginmanager.get_plugin("capturemanager")
-    return ProgressPrinter(None, label, live, enabled, capman, reporter)

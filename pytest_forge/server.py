@@ -10,20 +10,15 @@ whole tree by itself when pytest dies by any signal, SIGKILL included.
 
 from __future__ import annotations
 
-import atexit
 import contextlib
 import logging
-import os
-import shlex
-import signal
 import socket
 import sys
 import threading
 import time
-from collections import deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from types import FrameType, TracebackType
+from types import TracebackType
 from typing import IO, Any, Literal, Protocol
 
 import httpx
@@ -31,14 +26,17 @@ import httpx
 from pytest_forge.cpu_affinity import pin_engine_core, wait_until_idle
 from pytest_forge.endpoint import Endpoint
 from pytest_forge.errors import ForgeError, ServerError
+from pytest_forge.server_log import open_log, tail
 from pytest_forge.server_process import (
     Launcher,
     SupervisedProcess,
+    describe_exit_code,
     detect_launcher,
     inherited_env,
     needs_dev_mode,
     vllm_executable,
 )
+from pytest_forge.server_registry import install_hooks, live_servers, register, stop_all, unregister
 from pytest_forge.tiny_model import resolve_model
 
 __all__ = [
@@ -55,8 +53,6 @@ HOST = "127.0.0.1"
 POLL_INTERVAL_S = 0.5
 LOG_TAIL_LINES = 40
 _ADDRESS_IN_USE_MARKERS = ("address already in use", "errno 98", "eaddrinuse")
-# Values following these flags never reach the log header.
-_SECRET_FLAGS = ("--api-key", "--hf-token", "--token")
 
 
 class RecipeLike(Protocol):
@@ -83,99 +79,12 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _tail(path: Path | None, lines: int) -> str:
-    if path is None or not path.exists():
-        return ""
-    with open(path, "rb") as fh:
-        fh.seek(0, os.SEEK_END)
-        size = fh.tell()
-        # Tracebacks have long lines; 256 KiB is plenty for 40 of them.
-        fh.seek(max(0, size - 256 * 1024))
-        data = fh.read()
-    text = data.decode("utf-8", errors="replace")
-    return "\n".join(deque(text.splitlines(), maxlen=lines))
-
-
-def _redact(argv: Sequence[str]) -> list[str]:
-    out: list[str] = []
-    hide_next = False
-    for arg in argv:
-        if hide_next:
-            out.append("***")
-            hide_next = False
-        elif arg in _SECRET_FLAGS:
-            out.append(arg)
-            hide_next = True
-        elif arg.startswith(tuple(f"{flag}=" for flag in _SECRET_FLAGS)):
-            out.append(arg.split("=", 1)[0] + "=***")
-        else:
-            out.append(arg)
-    return out
-
-
 def _vendor(recipe: RecipeLike) -> str:
     hardware = getattr(recipe, "hardware", None)
     vendor = getattr(hardware, "vendor", None)
     if vendor is None and isinstance(hardware, Mapping):
         vendor = hardware.get("vendor")
     return str(getattr(vendor, "value", vendor) or "").lower()
-
-
-# -- the registry of live servers ----------------------------------------------------------
-
-_registry_lock = threading.RLock()
-_live: dict[int, VllmServer] = {}
-_hooks_installed = False
-
-
-def live_servers() -> list[VllmServer]:
-    with _registry_lock:
-        return list(_live.values())
-
-
-def stop_all() -> None:
-    """Stop every server this process started and has not stopped yet."""
-    for server in live_servers():
-        try:
-            server.stop()
-        except Exception:  # teardown must reach every server
-            log.exception("pytest-forge: stopping vLLM for recipe %s failed", server.recipe_id)
-
-
-def _make_signal_handler(
-    previous: Callable[[int, FrameType | None], Any] | int | None,
-) -> Callable[[int, FrameType | None], None]:
-    def handler(signum: int, frame: FrameType | None) -> None:
-        stop_all()
-        if callable(previous):
-            previous(signum, frame)
-        elif previous == signal.SIG_IGN:
-            return
-        else:
-            # Default action (terminate): restore it and deliver the signal again so the
-            # exit status still says "killed by SIGTERM" to whoever is waiting on us.
-            signal.signal(signum, signal.SIG_DFL)
-            os.kill(os.getpid(), signum)
-
-    return handler
-
-
-def _install_hooks() -> None:
-    global _hooks_installed
-    with _registry_lock:
-        if _hooks_installed:
-            return
-        _hooks_installed = True
-    atexit.register(stop_all)
-    # signal.signal only works in the main thread; elsewhere atexit and the supervisor
-    # (which sees pytest die) remain.
-    if threading.current_thread() is not threading.main_thread():
-        return
-    for sig in (signal.SIGTERM, getattr(signal, "SIGHUP", None)):
-        if sig is None:
-            continue
-        previous = signal.getsignal(sig)
-        signal.signal(sig, _make_signal_handler(previous))
 
 
 # -- the server --------------------------------------------------------------------------
@@ -230,11 +139,13 @@ class VllmServer:
 
     # -- what gets run ---------------------------------------------------------------
     def resolved_launcher(self) -> Literal["vllm-serve", "python-module"]:
+        """The launcher this server uses (``auto`` decided from the installed vLLM)."""
         if self.launcher == "auto":
             return detect_launcher(self.python)
         return self.launcher
 
     def build_command(self, model: str, port: int) -> list[str]:
+        """vLLM's argv: launcher, ``model`` (as vLLM loads it), host, port, recipe args."""
         serve_args = [
             "--host",
             HOST,
@@ -259,6 +170,7 @@ class VllmServer:
         return needs_dev_mode(self.recipe.vllm_cli_args())
 
     def build_env(self) -> dict[str, str]:
+        """vLLM's environment: the allowlisted part of ours, dev mode, recipe and extra env."""
         # An allowlist of pytest's environment (server_process.SERVER_ENV_ALLOWLIST): a
         # token there (GITHUB_TOKEN, FORGE_PR_TOKEN, AWS_*, the tuner's LLM keys) must not
         # reach a process that logs, dumps and loads third-party code. The recipe's own
@@ -293,6 +205,7 @@ class VllmServer:
 
     @property
     def is_running(self) -> bool:
+        """Whether vLLM's main process was started and has not exited."""
         return self._proc is not None and not self._proc.server_exited()
 
     def start(self) -> Endpoint:
@@ -304,7 +217,7 @@ class VllmServer:
                 raise ServerError(f"vLLM for recipe {self.recipe_id} is already running")
             self._starting = True
         try:
-            _install_hooks()
+            install_hooks()
             try:
                 model = resolve_model(self.served_model_name, python=self.python)
             except ForgeError as exc:
@@ -329,23 +242,10 @@ class VllmServer:
         text = tail.lower()
         return any(marker in text for marker in _ADDRESS_IN_USE_MARKERS)
 
-    def _next_log_path(self) -> Path:
-        log_dir = self.run_dir / self.recipe_id
-        log_dir.mkdir(parents=True, exist_ok=True)
-        n = 1
-        while (log_dir / f"vllm-{n}.log").exists():
-            n += 1
-        return log_dir / f"vllm-{n}.log"
-
     def _boot(self, model: str, env: dict[str, str], port: int) -> Endpoint:
         command = self.build_command(model, port)
-        log_path = self._next_log_path()
-        log_file = open(log_path, "xb")  # noqa: SIM115 - closed in stop()
-        log_file.write(
-            f"# pytest-forge: recipe {self.recipe_id} ({self.recipe.content_hash})\n"
-            f"# argv: {shlex.join(_redact(command))}\n".encode()
-        )
-        log_file.flush()
+        title = f"recipe {self.recipe_id} ({self.recipe.content_hash})"
+        log_path, log_file = open_log(self.run_dir / self.recipe_id, title, command)
         started = time.monotonic()
         try:
             proc = SupervisedProcess(
@@ -360,8 +260,7 @@ class VllmServer:
         with self._lock:
             self._proc, self._log_file = proc, log_file
             self.command, self.log_path, self.port = command, log_path, port
-        with _registry_lock:
-            _live[id(self)] = self
+        register(self)
 
         base_url = f"http://{HOST}:{port}"
         deadline = started + self.boot_timeout_s
@@ -380,7 +279,7 @@ class VllmServer:
                     code = proc.poll()
                     raise ServerError(
                         f"vLLM for recipe {self.recipe_id} exited with code "
-                        f"{_describe_code(code) if code is not None else 'unknown'} during boot",
+                        f"{describe_exit_code(code)} during boot",
                         self.log_tail(),
                         log_path,
                     )
@@ -461,7 +360,7 @@ class VllmServer:
         code = proc.poll()
         raise ServerError(
             f"vLLM for recipe {self.recipe_id} (pid {pid}) died with code "
-            f"{_describe_code(code) if code is not None else 'unknown'} while serving",
+            f"{describe_exit_code(code)} while serving",
             self.log_tail(),
             self.log_path,
         )
@@ -478,14 +377,14 @@ class VllmServer:
         finally:
             if log_file is not None:
                 log_file.close()
-            with _registry_lock:
-                _live.pop(id(self), None)
+            unregister(self)
 
     def log_tail(self, lines: int = LOG_TAIL_LINES) -> str:
+        """The last ``lines`` lines of the server's log (empty before the first boot)."""
         if self._log_file is not None:
             with contextlib.suppress(ValueError):
                 self._log_file.flush()
-        return _tail(self.log_path, lines)
+        return tail(self.log_path, lines)
 
     # -- context manager ---------------------------------------------------------------
     def __enter__(self) -> Endpoint:
@@ -502,12 +401,3 @@ class VllmServer:
     def __repr__(self) -> str:
         state = f"pid {self.pid}, port {self.port}" if self.is_running else "stopped"
         return f"<VllmServer recipe={self.recipe_id} {state}>"
-
-
-def _describe_code(code: int) -> str:
-    if code < 0:
-        try:
-            return f"{code} ({signal.Signals(-code).name})"
-        except ValueError:
-            return str(code)
-    return str(code)

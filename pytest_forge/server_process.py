@@ -31,6 +31,7 @@ __all__ = [
     "SERVER_ENV_ALLOWLIST",
     "Launcher",
     "SupervisedProcess",
+    "describe_exit_code",
     "detect_launcher",
     "group_members",
     "inherited_env",
@@ -171,6 +172,7 @@ def _distribution_installed(name: str) -> bool:
 
 
 def vllm_executable(python: str) -> str | None:
+    """The ``vllm`` console script of ``python``'s environment, else on PATH, else None."""
     # Prefer the console script of the interpreter's own environment: a venv's bin/ is
     # often not on PATH when pytest is run as .venv/bin/pytest.
     sibling = Path(python).parent / "vllm"
@@ -208,6 +210,18 @@ def group_members(pgid: int) -> list[int]:
             pass
         return [pgid]
     return supervisor.group_members(pgid)
+
+
+def describe_exit_code(code: int | None) -> str:
+    """A Popen return code as a person reads it: ``-9 (SIGKILL)``, ``3``, ``unknown``."""
+    if code is None:
+        return "unknown"
+    if code < 0:
+        try:
+            return f"{code} ({signal.Signals(-code).name})"
+        except ValueError:
+            return str(code)
+    return str(code)
 
 
 def _signal_group(pgid: int, sig: signal.Signals) -> None:
@@ -282,9 +296,11 @@ class SupervisedProcess:
 
     @property
     def pid(self) -> int:
+        """The supervisor's pid, which is also the process-group id."""
         return self.proc.pid
 
     def poll(self) -> int | None:
+        """The supervisor's exit code (vLLM's, once it is done), or None while it runs."""
         return self.proc.poll()
 
     def tree(self) -> list[int]:
@@ -307,6 +323,7 @@ class SupervisedProcess:
         return pid is not None and supervisor.is_gone(pid)
 
     def close_lifeline(self) -> None:
+        """Close our end of the lifeline: the supervisor then stops the tree by itself."""
         with contextlib.suppress(OSError):
             os.close(self._lifeline)
         self._lifeline = -1

@@ -13,75 +13,21 @@ import sys
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
 
 import httpx
 import pytest
 
 from pytest_forge.ab import SideEndpoint, git_toplevel, recipe_at_ref, side_a_label
-from pytest_forge.endpoint import ENDPOINT_KEY_ENV, Credentials, Endpoint
+from pytest_forge.endpoint import ENDPOINT_KEY_ENV, Endpoint
 from pytest_forge.errors import ForgeError, ServerError
 from pytest_forge.hardware import HostHardware, backend_name, detect_hardware
-from pytest_forge.pipeline import CaseResult, GateOptions, measured_with
+from pytest_forge.options import CONFIG_KEY, ForgeConfig
+from pytest_forge.pipeline import measured_with
 from pytest_forge.recipe import MeasuredWith, Recipe
+from pytest_forge.results import CaseResult
 from pytest_forge.server import VllmServer
 from pytest_forge.vllm_args import VllmArgSpec, installed_vllm_version, load_arg_spec
 from pytest_forge.vllm_values import RecipeChecker
-
-
-class ForgeFailure(Exception):
-    """A test outcome to show as a plain message, without a Python traceback."""
-
-
-@dataclass
-class ForgeConfig:
-    """Every forge option, resolved against the rootdir."""
-
-    recipes_dir: Path
-    workloads_dir: Path
-    run_root: Path
-    endpoint_url: str | None = None  # never with user:password: see endpoint_credentials
-    # user:password taken out of --forge-endpoint, sent as Basic auth (repr hides them)
-    endpoint_credentials: Credentials | None = field(default=None, repr=False)
-    repeats: int | None = None  # None: the workload's repeats, else DEFAULT_REPEATS
-    max_repeats: int | None = None  # an inconclusive verdict adds repeats up to this
-    # Strict: a selected test that was not judged (no reference, skipped, inconclusive,
-    # boot failure) fails. Default on when the CI environment variable is set.
-    strict: bool = False
-    ab_ref: str | None = None  # A/B: side A is the recipe at this git ref
-    ab_python: str | None = None  # A/B: side A runs this interpreter's vLLM
-    ab_level: Literal["repeat", "boot"] = "repeat"
-    accuracy_floor: float | None = None
-    tolerance: float | None = None
-    boot_timeout_s: float = 900.0
-    update_baselines: bool = False
-    kv_sample_interval_s: float = 0.0
-    bench_json: Path | None = None
-    report_dir: Path | None = None
-    # tune
-    tune: bool = False
-    agent: str | None = None
-    budget: int = 8
-    max_hours: float | None = None
-    max_dollars: float | None = None
-    min_improvement: float = 0.02
-    objective: str = "throughput"
-    playbook: Path | None = None
-    resume: bool = False
-    patience: int = 3
-    # The ini keys of the options given on the command line or in the ini file (not left
-    # at their defaults): a resumed tune refuses those that differ from its stored config.
-    explicit: frozenset[str] = frozenset()
-
-    def gate_options(self) -> GateOptions:
-        return GateOptions(
-            repeats=self.repeats,
-            max_repeats=self.max_repeats,
-            accuracy_floor=self.accuracy_floor,
-            tolerance=self.tolerance,
-            update_baselines=self.update_baselines,
-            kv_sample_interval_s=self.kv_sample_interval_s,
-        )
 
 
 @dataclass
@@ -102,6 +48,8 @@ class Unmeasured:
 
 @dataclass
 class ForgeSession:
+    """A pytest run's forge state: its servers, results and what was not measured."""
+
     config: ForgeConfig
     results: list[CaseResult] = field(default_factory=list)
     # So the step summary, results.json and the HTML report also say what was not measured
@@ -122,6 +70,7 @@ class ForgeSession:
     # -- environment -------------------------------------------------------------------
     @property
     def arg_spec(self) -> VllmArgSpec:
+        """The installed vLLM's arguments (else the bundled list, with a warning)."""
         if self._arg_spec is None:
             self._arg_spec = load_arg_spec()
             if self._arg_spec.warning:
@@ -143,18 +92,21 @@ class ForgeSession:
 
     @property
     def hardware(self) -> HostHardware:
+        """This machine's accelerators, detected once."""
         if self._hardware is None:
             self._hardware = detect_hardware()
         return self._hardware
 
     @property
     def vllm_version(self) -> str | None:
+        """The vLLM measured: the running endpoint's, else the installed one (None: none)."""
         if self.config.endpoint_url:
             return self._endpoint_version
         found = installed_vllm_version()
         return found[1] if found else None
 
     def measured_with(self) -> MeasuredWith:
+        """Versions and hardware a baseline recorded now says it was measured with."""
         return measured_with(
             self.vllm_version, self.hardware.describe(), backend_name(self.hardware)
         )
@@ -213,6 +165,7 @@ class ForgeSession:
 
     @property
     def live_servers(self) -> set[str]:
+        """The keys of the servers up now."""
         return {k for k, slot in self._servers.items() if slot.endpoint is not None}
 
     def device_env(self, recipe: Recipe) -> dict[str, str]:
@@ -246,6 +199,7 @@ class ForgeSession:
     # -- A/B ---------------------------------------------------------------------------
     @property
     def ab(self) -> bool:
+        """Whether this run measures A/B (--forge-ab-ref or --forge-ab-python)."""
         return bool(self.config.ab_ref or self.config.ab_python)
 
     def reference_recipe(self, recipe: Recipe) -> Recipe | None:
@@ -259,9 +213,11 @@ class ForgeSession:
         return self._reference_recipes[key]
 
     def reference_label(self, recipe: Recipe) -> str:
+        """What side A is, as the report names it."""
         return side_a_label(recipe, self.config.ab_ref, self.config.ab_python)
 
     def ab_side_live(self, recipe_b: Recipe, side: str) -> bool:
+        """Whether the server of one A/B side of this recipe is up."""
         return f"{recipe_b.path or recipe_b.id}#{side}" in self.live_servers
 
     def ab_endpoint(self, recipe_b: Recipe, recipe_a: Recipe, side: str) -> SideEndpoint:
@@ -291,6 +247,7 @@ class ForgeSession:
                 slot.endpoint = None
 
     def stop_all(self) -> None:
+        """Stop every server this session booted."""
         for key in list(self._servers):
             self.stop_server(key)
 
@@ -315,12 +272,29 @@ def check_recipe(recipe: Recipe, session: ForgeSession) -> None:
     session.recipe_checker.check(recipe)
 
 
-__all__ = ["ForgeConfig", "ForgeError", "ForgeSession", "check_recipe"]
-
-
-SESSION_KEY = pytest.StashKey["ForgeSession"]()
+SESSION_KEY = pytest.StashKey[ForgeSession]()
 
 
 def forge_session(config: pytest.Config) -> ForgeSession:
-    """The run's ForgeSession, stashed on the pytest config by the plugin at configure."""
-    return config.stash[SESSION_KEY]
+    """The run's ForgeSession, created on first use (a recipe collected, a forge test's
+    report arriving): a run without recipes never imports what it needs."""
+    session = config.stash.get(SESSION_KEY, None)
+    if session is None:
+        session = config.stash[SESSION_KEY] = ForgeSession(config.stash[CONFIG_KEY])
+    return session
+
+
+def existing_session(config: pytest.Config) -> ForgeSession | None:
+    """The run's ForgeSession if one was created, without creating one."""
+    return config.stash.get(SESSION_KEY, None)
+
+
+__all__ = [
+    "SESSION_KEY",
+    "ForgeConfig",
+    "ForgeSession",
+    "Unmeasured",
+    "check_recipe",
+    "existing_session",
+    "forge_session",
+]

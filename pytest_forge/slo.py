@@ -9,7 +9,7 @@ class SLO(BaseModel):
     """Latency objectives in milliseconds.
 
     As a gate, each p99 of the run must be at most its value. For goodput (as in vLLM's
-    ``--goodput``), a request is good when its own TTFT, TPOT and E2EL are each at most the
+    `--goodput`), a request is good when its own TTFT, TPOT and E2EL are each at most the
     value; ITL has no per-request value and only gates.
     """
 
@@ -21,10 +21,11 @@ class SLO(BaseModel):
     e2el_p99_ms: float | None = Field(default=None, gt=0)
 
     def is_empty(self) -> bool:
+        """True when no objective is set."""
         return all(v is None for v in self.model_dump().values())
 
     def merged(self, override: SLO | None) -> SLO:
-        """This SLO with every value set in ``override`` taking precedence."""
+        """This SLO with every value set in `override` taking precedence."""
         if override is None:
             return self
         data = self.model_dump()

@@ -8,13 +8,13 @@ point estimate is the centre of that interval: the ratio of geometric means (unp
 the geometric mean of the per-round ratios (paired), so it always lies inside the interval.
 
 Decision rule (`decide`), an equivalence / non-inferiority test with the tolerance as the
-smallest effect that matters, on the two-sided interval [lo, hi] at level ``confidence``
+smallest effect that matters, on the two-sided interval [lo, hi] at level `confidence`
 (so each side is a one-sided test at alpha = (1 - confidence) / 2):
 
 - higher is better (throughput), margin m = 1 - tolerance:
-  **fail** if hi < m, **pass** if lo >= m, else **inconclusive**;
+  "fail" if hi < m, "pass" if lo >= m, else "inconclusive";
 - lower is better (latency), margin m = 1 + tolerance:
-  **fail** if lo > m, **pass** if hi <= m, else **inconclusive**.
+  "fail" if lo > m, "pass" if hi <= m, else "inconclusive".
 
 A measured improvement never fails: its interval contains its point ratio, on the good
 side of 1. "pass" therefore claims, with confidence, that any regression is within tolerance.
@@ -63,7 +63,7 @@ class Comparison:
     method: str
 
     def describe(self) -> str:
-        """Compact summary, e.g. ``ratio 0.912 [0.887, 0.938] 95% CI, n=5 vs 5``."""
+        """Compact summary, e.g. `ratio 0.912 [0.887, 0.938] 95% CI, n=5 vs 5`."""
         level = f"{round(self.confidence * 100, 6):g}%"
         n = f"{self.n_current} paired" if self.paired else f"{self.n_reference} vs {self.n_current}"
         return f"ratio {self.ratio:.3f} [{self.ci_low:.3f}, {self.ci_high:.3f}] {level} CI, n={n}"

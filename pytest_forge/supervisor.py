@@ -1,10 +1,10 @@
 """The process between pytest and vLLM: every process of a server ends when the run ends.
 
-pytest starts ``python -I supervisor.py --lifeline FD --grace S -- VLLM_ARGV...`` in a
+pytest starts `python -I supervisor.py --lifeline FD --grace S -- VLLM_ARGV...` in a
 session of its own; the supervisor starts vLLM and stays its parent. Why a process of its
 own, rather than flags on vLLM's process:
 
-- A parent-death signal (``PR_SET_PDEATHSIG``) reaches only the process that asked for it.
+- A parent-death signal (`PR_SET_PDEATHSIG`) reaches only the process that asked for it.
   Set on vLLM's API server, a SIGKILLed pytest left the engine core and the workers to
   vLLM's own shutdown, which does not finish when the API server dies before it has
   installed its handlers, and which nobody supervises.
@@ -12,21 +12,21 @@ own, rather than flags on vLLM's process:
   killing. The supervisor learns that pytest is gone from the *lifeline*: a pipe whose
   write end only pytest holds. The kernel closes it when pytest dies, by any signal
   including SIGKILL, on any POSIX system; the supervisor sees EOF. It also watches
-  ``getppid()``, in case a process forked from pytest still holds the write end.
-- As a child subreaper (``PR_SET_CHILD_SUBREAPER``, Linux) the supervisor adopts every
+  `getppid()`, in case a process forked from pytest still holds the write end.
+- As a child subreaper (`PR_SET_CHILD_SUBREAPER`, Linux) the supervisor adopts every
   orphaned descendant, even one that left the process group (vLLM's data-parallel
-  launcher calls ``setpgrp``), so its tree is the whole server and nothing escapes it.
+  launcher calls `setpgrp`), so its tree is the whole server and nothing escapes it.
 
 On a stop request (SIGTERM/SIGINT/SIGHUP, which is how pytest stops a server), on
 pytest's death, or when vLLM's own process exits, the supervisor sends SIGTERM to every
-process of its tree (its process group and all its descendants), waits ``--grace``
+process of its tree (its process group and all its descendants), waits `--grace`
 seconds, sends SIGKILL to what is left, and exits with vLLM's exit status (a vLLM killed
 by signal N makes the supervisor die by signal N too, so callers see the same code).
 
-Only the standard library is imported: pytest runs this file with ``-I`` (no script
-directory, user site or ``PYTHON*`` variables on ``sys.path``), so it works in any
+Only the standard library is imported: pytest runs this file with `-I` (no script
+directory, user site or `PYTHON*` variables on `sys.path`), so it works in any
 environment and cannot import, or be shadowed by, the project under test. server.py and
-cpu_affinity.py import the ``/proc`` helpers below.
+cpu_affinity.py import the `/proc` helpers below.
 """
 
 from __future__ import annotations
@@ -73,7 +73,7 @@ _PREFIX = "pytest-forge supervisor"
 
 
 def proc_table() -> dict[int, tuple[int, int, str]]:
-    """``pid -> (ppid, pgrp, state)`` of every process, from /proc (empty without it)."""
+    """`pid -> (ppid, pgrp, state)` of every process, from /proc (empty without it)."""
     table: dict[int, tuple[int, int, str]] = {}
     try:
         entries = os.scandir("/proc")
@@ -102,13 +102,13 @@ def _alive(state: str) -> bool:
 
 
 def group_members(pgid: int, table: dict[int, tuple[int, int, str]] | None = None) -> list[int]:
-    """Live pids in process group ``pgid``."""
+    """Live pids in process group `pgid`."""
     table = proc_table() if table is None else table
     return sorted(pid for pid, (_, pgrp, state) in table.items() if pgrp == pgid and _alive(state))
 
 
 def descendants(root: int, table: dict[int, tuple[int, int, str]] | None = None) -> list[int]:
-    """Live descendants of ``root`` (children, their children, ...), without ``root``."""
+    """Live descendants of `root` (children, their children, ...), without `root`."""
     table = proc_table() if table is None else table
     children: dict[int, list[int]] = {}
     for pid, (ppid, _, _) in table.items():
@@ -128,9 +128,11 @@ def descendants(root: int, table: dict[int, tuple[int, int, str]] | None = None)
 
 
 def server_tree(root: int, table: dict[int, tuple[int, int, str]] | None = None) -> list[int]:
-    """Every live process of the server rooted at ``root`` (the supervisor, which leads
-    its own session and process group): its group and all its descendants, root included
-    while it lives."""
+    """Every live process of the server rooted at `root`, root included while it lives.
+
+    `root` is the supervisor, which leads its own session and process group: the server
+    is that group and all the supervisor's descendants.
+    """
     table = proc_table() if table is None else table
     pids = set(group_members(root, table)) | set(descendants(root, table))
     if root in table and _alive(table[root][2]):
@@ -139,7 +141,7 @@ def server_tree(root: int, table: dict[int, tuple[int, int, str]] | None = None)
 
 
 def is_gone(pid: int) -> bool:
-    """True when ``pid`` has exited (a zombie counts as exited)."""
+    """True when `pid` has exited (a zombie counts as exited)."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text(encoding="utf-8", errors="replace")
     except OSError:
@@ -167,11 +169,11 @@ def _prctl() -> Callable[..., int] | None:
         return None
     prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
     prctl.restype = ctypes.c_int
-    return prctl  # type: ignore[no-any-return]
+    return prctl
 
 
 def _readable(fds: Sequence[int], timeout: float) -> list[int]:
-    """The fds that are readable (or at EOF) within ``timeout`` seconds.
+    """The fds that are readable (or at EOF) within `timeout` seconds.
 
     poll() rather than select(): the lifeline keeps pytest's fd number, which may be above
     select's FD_SETSIZE (1024) in a run with many open files.
@@ -217,8 +219,8 @@ class _Supervisor:
         self.status: int | None = None  # vLLM's exit status, as Popen.returncode says it
         self.child_pid: int | None = None
 
-    # What belongs to us: our group and every descendant (adopted orphans included).
     def others(self) -> list[int]:
+        """Our group and every descendant (adopted orphans included), without us."""
         table = proc_table()
         if not table:  # no /proc: all we know is our own child
             if self.child_pid is not None and self.status is None:
@@ -246,6 +248,7 @@ class _Supervisor:
                 self.status = os.waitstatus_to_exitcode(raw)
 
     def parent_gone(self) -> bool:
+        """True once pytest has died: we were reparented, or the lifeline is at EOF."""
         if os.getppid() != self.parent:
             return True
         if self.lifeline is None:
@@ -277,6 +280,7 @@ class _Supervisor:
                         pass
 
     def run(self, argv: Sequence[str], wake: int) -> int | None:
+        """Start vLLM, serve until a stop reason, empty the tree; vLLM's exit status."""
         preexec = _child_preexec(_prctl())
         try:
             child = subprocess.Popen(list(argv), stdin=subprocess.DEVNULL, preexec_fn=preexec)
@@ -320,7 +324,7 @@ def _die_like(status: int | None) -> NoReturn:
     """Exit now with vLLM's status; by signal N when vLLM died by signal N.
 
     A stop request arriving from here on must not change the status: the stop signals are
-    blocked, and the process ends with ``os._exit``, as interpreter shutdown would first
+    blocked, and the process ends with `os._exit`, as interpreter shutdown would first
     restore SIGTERM's default action (death by SIGTERM, not vLLM's code).
     """
     with contextlib.suppress(OSError, ValueError):
@@ -359,6 +363,7 @@ def _parse(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run the supervisor: start vLLM, stop its whole tree when asked, exit as vLLM did."""
     options, command = _parse(sys.argv[1:] if argv is None else argv)
     parent = os.getppid()
     prctl = _prctl()

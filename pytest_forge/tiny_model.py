@@ -1,8 +1,8 @@
 """The deterministic tiny Llama used on CPU: built locally, never downloaded.
 
 2 layers, hidden 128, 2 heads, 1 KV head, a 512-token byte-level BPE trained with
-``tokenizers`` on a fixed corpus, random weights from a fixed seed, stored in bf16.
-A recipe names it as ``model: forge:tiny-llama``; the server resolves that name to a
+`tokenizers` on a fixed corpus, random weights from a fixed seed, stored in bf16.
+A recipe names it as `model: forge:tiny-llama`; the server resolves that name to a
 cache directory and builds the model there on first use (torch and transformers come
 with vLLM, so building happens in a subprocess on hosts that have vLLM).
 """
@@ -44,6 +44,10 @@ _CORPUS_LINES = [
 
 
 def default_cache_dir() -> Path:
+    """Where built models are kept: $FORGE_CACHE_DIR/models, else in the user cache.
+
+    The user cache is $XDG_CACHE_HOME (or ~/.cache), under pytest-forge/models.
+    """
     base = os.environ.get("FORGE_CACHE_DIR") or os.environ.get("XDG_CACHE_HOME")
     root = Path(base) if base else Path.home() / ".cache"
     if not os.environ.get("FORGE_CACHE_DIR"):
@@ -52,10 +56,12 @@ def default_cache_dir() -> Path:
 
 
 def is_tiny_model(name: str) -> bool:
+    """True when a recipe's model names the built-in tiny Llama."""
     return name == TINY_MODEL_NAME
 
 
 def tiny_model_dir(cache_dir: Path | None = None) -> Path:
+    """The directory this version of the tiny Llama is built into."""
     return (cache_dir or default_cache_dir()) / f"tiny-llama-v{TINY_MODEL_VERSION}"
 
 
@@ -67,8 +73,19 @@ def _is_built(path: Path) -> bool:
     )
 
 
+def local_model(name: str) -> tuple[str, bool]:
+    """What vLLM loads for `name`, without building anything, and whether it is there yet.
+
+    The tiny model's cache directory (there once built); any other name is itself.
+    """
+    if not is_tiny_model(name):
+        return name, True
+    path = tiny_model_dir()
+    return str(path), _is_built(path)
+
+
 def resolve_model(name: str, python: str | None = None) -> str:
-    """Return what to pass vLLM as the model: the built tiny model's directory, or ``name``."""
+    """Return what to pass vLLM as the model: the built tiny model's directory, or `name`."""
     if not is_tiny_model(name):
         return name
     path = tiny_model_dir()
@@ -85,7 +102,7 @@ def resolve_model(name: str, python: str | None = None) -> str:
 
 
 def build(out_dir: Path) -> Path:
-    """Build the tiny Llama into ``out_dir`` (atomic: a half-built model is never used)."""
+    """Build the tiny Llama into `out_dir` (atomic: a half-built model is never used)."""
     import tempfile
 
     import torch
@@ -134,10 +151,12 @@ def build(out_dir: Path) -> Path:
         bos_token_id=tokenizer.token_to_id("<s>"),
         eos_token_id=tokenizer.token_to_id("</s>"),
         tie_word_embeddings=False,
-        torch_dtype="bfloat16",
+        dtype="bfloat16",
     )
     torch.manual_seed(SEED)
-    model = LlamaForCausalLM(config).to(torch.bfloat16)
+    # transformers wraps PreTrainedModel.to with functools.wraps, which typeshed types as a
+    # plain callable rather than a method, so mypy takes the dtype for `self`.
+    model = LlamaForCausalLM(config).to(torch.bfloat16)  # type: ignore[arg-type]
     model.save_pretrained(tmp, safe_serialization=True)
     (tmp / "forge-tiny-model.json").write_text(
         json.dumps({"name": TINY_MODEL_NAME, "version": TINY_MODEL_VERSION, "seed": SEED})
@@ -151,6 +170,7 @@ def build(out_dir: Path) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Command line: build the tiny Llama into the directory given; prints its path."""
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 1:
         print("usage: python -m pytest_forge.tiny_model DIR", file=sys.stderr)

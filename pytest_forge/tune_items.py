@@ -5,28 +5,29 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from pytest_forge.errors import ForgeError
-from pytest_forge.pipeline import GateOptions, case_to_dict, evaluate_recipe
+from pytest_forge.forge_item import ForgeFailure, ForgeItem
+from pytest_forge.pipeline import GateOptions, evaluate_recipe
 from pytest_forge.recipe import Recipe
-from pytest_forge.session import ForgeFailure, forge_session
+from pytest_forge.results import Evaluation, case_to_dict
+from pytest_forge.session import forge_session
 from pytest_forge.workload import discover_workloads, load_workload
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
     from pytest_forge.bench import Progress
-    from pytest_forge.items import RecipeFile
-    from pytest_forge.report import ProgressPrinter
+    from pytest_forge.progress import ProgressPrinter
     from pytest_forge.session import ForgeSession
     from pytest_forge.tune.settings import TuneSettings
     from pytest_forge.tune.store import RunStore
-    from pytest_forge.tune.tuner import Evaluation, ExperimentOutcome, Tuner, TuneResult
+    from pytest_forge.tune.tuner import ExperimentOutcome, Tuner, TuneResult
 
 
 @dataclass
@@ -34,9 +35,7 @@ class RecipeTune:
     """The tune of one recipe within a pytest run."""
 
     tuner: Tuner
-    outcomes: list[ExperimentOutcome] = field(default_factory=list)
     result: TuneResult | None = None
-    baseline_error: str | None = None
 
 
 # Per recipe file: its tune, or the ForgeError its set-up failed with (raised again by
@@ -59,6 +58,7 @@ def _agent_spec(session: ForgeSession) -> tuple[str, str]:
 
 
 def tune_header(session: ForgeSession) -> str:
+    """The header line of a tune run: the agent (and why), budget and objective."""
     spec, why = _agent_spec(session)
     c = session.config
     return (
@@ -94,14 +94,16 @@ def _budget(session: ForgeSession, recipe: Recipe) -> int:
 
 
 def tune_items(
-    parent: RecipeFile, recipe: Recipe, skip_reason: str | None, check_error: str | None
+    parent: pytest.Collector, recipe: Recipe, skip_reason: str | None, check_error: str | None
 ) -> Iterator[pytest.Item]:
+    """The tests of one recipe's tune, collected by its recipe file ``parent``:
+    tune[baseline], one per candidate slot of the budget, and tune[winner]."""
     session = forge_session(parent.config)
     budget = _budget(session, recipe)
     names = ["baseline"] + [f"{i:02d}" for i in range(1, budget + 1)] + ["winner"]
     for name in names:
         item = TuneItem.from_parent(
-            parent, name=f"tune[{name}]", slot=name, check_error=check_error
+            parent, name=f"tune[{name}]", slot=name, recipe=recipe, check_error=check_error
         )
         if skip_reason:
             item.add_marker(pytest.mark.skip(reason=skip_reason))
@@ -109,7 +111,7 @@ def tune_items(
 
 
 def _make_evaluate(
-    session: ForgeSession, recipe_file: RecipeFile, log_dir: Path, settings: TuneSettings
+    session: ForgeSession, config: pytest.Config, log_dir: Path, settings: TuneSettings
 ) -> Callable[[Recipe], Evaluation]:
     """Evaluate a candidate through the gate's path: one boot, every workload, then stop;
     measured as the run's settings say (a resumed run: as it began)."""
@@ -136,12 +138,12 @@ def _make_evaluate(
             raise ForgeError(f"recipe {candidate.id}: none of its workloads {names} exist")
         session.boots += 1
         # The status line: "booting" until the first workload runs, then one per workload.
-        printers = [_progress(recipe_file, candidate.id)]
+        printers = [_progress(config, candidate.id)]
         printers[0].phase("booting")
 
         def progress(name: str) -> Callable[[Progress], None]:
             printers[-1].done()
-            printers.append(_progress(recipe_file, f"{candidate.id}:{name}"))
+            printers.append(_progress(config, f"{candidate.id}:{name}"))
             return printers[-1].update
 
         try:
@@ -161,27 +163,23 @@ def _make_evaluate(
     return evaluate
 
 
-def _progress(node: pytest.Node, label: str) -> ProgressPrinter:
-    from pytest_forge import report
+def _progress(config: pytest.Config, label: str) -> ProgressPrinter:
+    from pytest_forge.progress import progress_printer
 
-    return report.progress_printer(node.config, label)
+    return progress_printer(config, label)
 
 
 def _recipe_tune(item: TuneItem) -> RecipeTune:
     session = forge_session(item.config)
     tunes = item.config.stash.setdefault(_TUNES_KEY, {})
-    parent = item.parent
-    # A TuneItem's parent is always the RecipeFile that collected it (items.py).
-    assert parent is not None and getattr(parent, "recipe", None) is not None
-    parent = cast("RecipeFile", parent)
-    key = str(parent.path)
+    key = str(item.path)  # the recipe file
     cached = tunes.get(key)
     if isinstance(cached, ForgeError):
         raise cached  # set-up failed for the first slot: the same reason, no new run
     if cached is not None:
         return cached
     try:
-        tune = _new_recipe_tune(item, session, parent)
+        tune = _new_recipe_tune(item, session)
     except ForgeError as exc:
         tunes[key] = exc
         raise
@@ -189,15 +187,14 @@ def _recipe_tune(item: TuneItem) -> RecipeTune:
     return tune
 
 
-def _new_recipe_tune(item: TuneItem, session: ForgeSession, parent: RecipeFile) -> RecipeTune:
+def _new_recipe_tune(item: TuneItem, session: ForgeSession) -> RecipeTune:
     from pytest_forge.tune.agent import make_agent
     from pytest_forge.tune.playbook import hardware_class, load_playbook
     from pytest_forge.tune.settings import config_record, fresh_settings, resumed_settings
     from pytest_forge.tune.store import RunStore
     from pytest_forge.tune.tuner import Tuner
 
-    assert parent.recipe is not None
-    recipe = parent.recipe
+    recipe = item.recipe
     if session.config.endpoint_url:
         raise ForgeError("--forge-tune boots its own candidates; it cannot use --forge-endpoint")
     spec, _ = _agent_spec(session)
@@ -237,7 +234,7 @@ def _new_recipe_tune(item: TuneItem, session: ForgeSession, parent: RecipeFile) 
             hardware=session.hardware,
             hardware_class=hw_class,
             search_space=search_space,
-            evaluate=_make_evaluate(session, parent, store.server_log_dir, settings),
+            evaluate=_make_evaluate(session, item.config, store.server_log_dir, settings),
             measured_with=session.measured_with,
         )
     except BaseException:
@@ -246,15 +243,21 @@ def _new_recipe_tune(item: TuneItem, session: ForgeSession, parent: RecipeFile) 
     return RecipeTune(tuner)
 
 
-class TuneItem(pytest.Item):
-    def __init__(self, *, slot: str, check_error: str | None, **kwargs: Any) -> None:
+class TuneItem(ForgeItem):
+    """One slot of a recipe's tune: ``baseline``, a candidate number, or ``winner``."""
+
+    def __init__(
+        self, *, slot: str, recipe: Recipe, check_error: str | None, **kwargs: Any
+    ) -> None:
         super().__init__(**kwargs)
         self.slot = slot
+        self.recipe = recipe
         self.check_error = check_error
         self.forge_status: str | None = None
         self.forge_tune: dict[str, Any] | None = None
 
     def runtest(self) -> None:
+        """Run this slot of the tune (the first slot sets the tune up)."""
         if self.check_error:
             raise ForgeFailure(self.check_error)
         tune = _recipe_tune(self)
@@ -265,7 +268,6 @@ class TuneItem(pytest.Item):
             return
         else:
             outcome = tune.tuner.run_slot(int(self.slot))
-        tune.outcomes.append(outcome)
         self._report(outcome)
 
     def _report(self, outcome: ExperimentOutcome) -> None:
@@ -325,14 +327,6 @@ class TuneItem(pytest.Item):
                 "run_dir": str(tune.tuner.store.path),
                 "cases": [case_to_dict(c) for c in confirmation.cases] if confirmation else [],
             }
-
-    def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style=None) -> str:
-        if isinstance(excinfo.value, ForgeFailure | ForgeError):
-            return str(excinfo.value)
-        return super().repr_failure(excinfo, style=style)
-
-    def reportinfo(self) -> tuple[Path, int | None, str]:
-        return self.path, 0, f"{self.parent.name}::{self.name}"
 
 
 def tune_run_dirs(config: pytest.Config) -> list[Path]:

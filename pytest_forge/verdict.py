@@ -28,6 +28,7 @@ from pytest_forge.metric_registry import (
     THROUGHPUT,
     MetricSpec,
     default_tolerances,
+    tolerance_for,
 )
 from pytest_forge.slo import SLO
 from pytest_forge.stats import Comparison, compare_paired, compare_unpaired, cv
@@ -37,7 +38,7 @@ if TYPE_CHECKING:
     from pytest_forge.metrics import Measurement
     from pytest_forge.recipe import Baseline, Gates
 
-DEFAULT_TOLERANCE = THROUGHPUT.default_tolerance
+DEFAULT_TOLERANCE: float = default_tolerances()[THROUGHPUT.name]
 
 _REFERENCE_CHECKS = frozenset({"throughput", *LATENCY_NAMES})
 
@@ -47,6 +48,8 @@ Mode = Literal["baseline", "ab"]
 
 @dataclass(frozen=True)
 class Check:
+    """One thing judged: a metric against the reference, a floor, an SLO, failed requests."""
+
     name: str  # "throughput", "ttft_p99_ms", ..., "accuracy", "slo.ttft_p99_ms", "requests"
     passed: bool
     message: str
@@ -63,6 +66,8 @@ class Check:
 
 @dataclass
 class Verdict:
+    """Every check of one recipe x workload, and what it was judged against."""
+
     recipe_id: str
     workload: str
     checks: list[Check] = field(default_factory=list)
@@ -78,14 +83,17 @@ class Verdict:
 
     @property
     def passed(self) -> bool:
+        """Every check passed (an inconclusive one counts as passed here)."""
         return all(c.passed for c in self.checks)
 
     @property
     def has_reference(self) -> bool:
+        """Some metric was compared with a reference (baseline or side A)."""
         return any(c.reference for c in self.checks)
 
     @property
     def status(self) -> Status:
+        """fail, inconclusive, pass (against a reference) or no-baseline."""
         if not self.passed:
             return "fail"
         if any(c.inconclusive for c in self.checks):
@@ -104,13 +112,16 @@ class Verdict:
 
     @property
     def failures(self) -> list[Check]:
+        """The checks that failed."""
         return [c for c in self.checks if not c.passed]
 
     @property
     def undecided(self) -> list[Check]:
+        """The checks too noisy to decide."""
         return [c for c in self.checks if c.inconclusive]
 
     def comparison(self, name: str = "throughput") -> dict[str, Any] | None:
+        """The named check's comparison with the reference (ratio, interval), if any."""
         check = next((c for c in self.checks if c.name == name and c.comparison), None)
         return check.comparison if check is not None else None
 
@@ -141,6 +152,7 @@ class Verdict:
         return f"vLLM {then} ({word}) -> {now} ({now_word})"
 
     def failure_message(self) -> str:
+        """The failed checks under the case and its versions, for the test's failure."""
         lines = [f"{self.recipe_id} x {self.workload}: {self.versions}"]
         if self.mode == "ab" and self.reference_label:
             lines.append(f"  {self.reference_label}")
@@ -148,6 +160,7 @@ class Verdict:
         return "\n".join(lines)
 
     def undecided_message(self) -> str:
+        """The undecided checks under the case and its versions."""
         lines = [f"{self.recipe_id} x {self.workload}: {self.versions}"]
         lines += [f"  {c.name}: {c.message}" for c in self.undecided]
         return "\n".join(lines)
@@ -243,7 +256,7 @@ def reference_checks(
             values_ref,
             values_now,
             higher_is_better=spec.higher_is_better,
-            tolerance=tolerance.get(spec.name, spec.default_tolerance),
+            tolerance=tolerance_for(spec, tolerance),
         )
         checks.append(
             _metric_check(

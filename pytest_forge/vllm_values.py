@@ -1,12 +1,12 @@
 """Would vLLM accept these values? Asked of vLLM's own code, before any boot.
 
-``vllm_args`` checks the *names* of a recipe's args; this module checks their *values* by
-running what ``vllm serve`` runs on its command line, in a subprocess of the interpreter
-vLLM will run in (see ``vllm_values_script``): vLLM's serve argument parser on each arg of
-``Recipe.vllm_cli_args()`` alone (so every bad value is named, not just the first), the
-constraints of the config field each arg lands in (``CacheConfig.gpu_memory_utilization`` is
-``Field(gt=0, le=1)``), ``CompilationConfig(**compilation)`` key by key, then the whole
-command line into ``AsyncEngineArgs``. No engine config is created, no model loaded, nothing
+`vllm_args` checks the *names* of a recipe's args; this module checks their *values* by
+running what `vllm serve` runs on its command line, in a subprocess of the interpreter
+vLLM will run in (see `vllm_values_script`): vLLM's serve argument parser on each arg of
+`Recipe.vllm_cli_args()` alone (so every bad value is named, not just the first), the
+constraints of the config field each arg lands in (`CacheConfig.gpu_memory_utilization` is
+`Field(gt=0, le=1)`), `CompilationConfig(**compilation)` key by key, then the whole
+command line into `AsyncEngineArgs`. No engine config is created, no model loaded, nothing
 fetched. vLLM's own message is passed on, under the recipe field it is about.
 
 Importing vLLM takes seconds, so many recipes are checked in one subprocess and each answer
@@ -14,8 +14,8 @@ is cached on disk per (vLLM version, hash of the args): a second run is instant.
 (or when its subprocess fails) values are checked against the bundled vLLM 0.32 parser types
 where those are plain (int, float, flags, choices), and the result says it was type-only.
 
-``python -m pytest_forge.vllm_values --dump-types PATH`` writes the installed vLLM's plain
-parser types; that is how ``data/vllm-0.32-values.json`` is made.
+`python -m pytest_forge.vllm_values --dump-types PATH` writes the installed vLLM's plain
+parser types; that is how `data/vllm-0.32-values.json` is made.
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ from typing import Any, Literal
 import pydantic
 
 from pytest_forge.errors import ForgeError
+from pytest_forge.fileio import atomic_write
 from pytest_forge.recipe import Quant, Recipe
 from pytest_forge.vllm_args import (
     VllmArgSpec,
@@ -42,7 +43,6 @@ from pytest_forge.vllm_args import (
     name_problems,
     raise_problems,
     run_vllm_script,
-    write_json_atomic,
 )
 from pytest_forge.vllm_values_script import VALUES_SCRIPT
 
@@ -67,12 +67,6 @@ class ValueCheck:
 # value check failed (not retried in this process: each try costs a vLLM import).
 _memo: dict[tuple[str, str, str], list[Problem]] = {}
 _failed: dict[tuple[str, str, str], str] = {}
-
-
-def clear_memo() -> None:
-    """Forget in-process answers and failures (the disk cache stays)."""
-    _memo.clear()
-    _failed.clear()
 
 
 def _request(recipe: Recipe, skip: set[str]) -> dict[str, Any]:
@@ -152,7 +146,8 @@ def check_values(
         for key, answer in answers.items():
             _memo[dist, version, key] = answer
             with contextlib.suppress(OSError):  # the cache is only a speed-up
-                write_json_atomic(directory / f"{key}.json", {"problems": answer})
+                text = json.dumps({"problems": answer}, indent=1) + "\n"
+                atomic_write(directory / f"{key}.json", text, mode=0o644)
     found = [
         [(f, f"vLLM {version} refuses it: {m}") for f, m in _memo[dist, version, k]] for k in keys
     ]
@@ -189,7 +184,8 @@ def _read_answer(path: Path) -> list[Problem] | None:
 
 def load_bundled_types() -> dict[str, Any]:
     """The plain parser types of vLLM 0.32.0 (options -> kind/choices), bundled."""
-    text = resources.files("pytest_forge").joinpath("data", BUNDLED_TYPES_FILE).read_text("utf-8")
+    data_dir = resources.files("pytest_forge").joinpath("data")
+    text = data_dir.joinpath(BUNDLED_TYPES_FILE).read_text("utf-8")
     data: dict[str, Any] = json.loads(text)
     return data
 
@@ -255,7 +251,7 @@ def _compilation_problem(value: Any, entry: Mapping[str, Any]) -> str | None:
     else:
         tp = kinds.get(entry.get("kind", ""), Any)
     if entry.get("many"):
-        tp = list[tp]  # type: ignore[valid-type]
+        tp = list[tp]
     try:
         pydantic.TypeAdapter(tp | None).validate_python(value)
     except pydantic.ValidationError as e:
@@ -270,7 +266,7 @@ def _compilation_problem(value: Any, entry: Mapping[str, Any]) -> str | None:
 class RecipeChecker:
     """Names and values of recipes against one vLLM: many at once, then one by one.
 
-    ``prefetch`` checks every recipe file given in one vLLM subprocess; ``check`` of a
+    `prefetch` checks every recipe file given in one vLLM subprocess; `check` of a
     recipe already prefetched (same args) then costs nothing.
     """
 
@@ -312,7 +308,7 @@ def aim_flag_problems(
 ) -> list[list[tuple[Any, str]]]:
     """Value problems of recipes imported from AIM blocks, under the block's own arg key.
 
-    `args[i]` is the ``--flag: value`` mapping recipes[i] came from; a problem no single
+    `args[i]` is the `--flag: value` mapping recipes[i] came from; a problem no single
     flag owns comes back under None.
     """
     by_snake = [{str(k)[2:].replace("-", "_"): k for k in a} for a in args]
@@ -333,6 +329,7 @@ def _snake_of(field: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Command line: dump the installed vLLM's plain parser types to a JSON file."""
     parser = argparse.ArgumentParser(
         prog="python -m pytest_forge.vllm_values",
         description="Dump the installed vLLM's plain parser types (the bundled type-only check).",
@@ -346,7 +343,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 1
     data["version"] = str(data.get("version") or "").split("+", 1)[0]
-    write_json_atomic(ns.dump_types, data)
+    atomic_write(ns.dump_types, json.dumps(data, indent=1) + "\n", mode=0o644)
     print(f"wrote {len(data['args'])} options of vLLM {data['version']} to {ns.dump_types}")
     return 0
 

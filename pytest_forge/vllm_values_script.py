@@ -1,8 +1,9 @@
-"""The script vllm_values runs in the interpreter vLLM will run in (kept as text, never imported
-there: the target interpreter need not have pytest-forge installed).
+"""The script vllm_values runs in the interpreter vLLM will run in, kept as text.
 
-``python -c VALUES_SCRIPT REQUESTS.json OUT.json`` answers each request with the problems
-vLLM's own code finds in it; ``python -c VALUES_SCRIPT --dump-types OUT.json`` writes the
+It is never imported there: the target interpreter need not have pytest-forge installed.
+
+`python -c VALUES_SCRIPT REQUESTS.json OUT.json` answers each request with the problems
+vLLM's own code finds in it; `python -c VALUES_SCRIPT --dump-types OUT.json` writes the
 plain parser types the bundled type-only check uses. Output goes to a file, not stdout,
 because vLLM and its plugins print while importing.
 """

@@ -5,7 +5,6 @@ and field before any server boots.
 
 from __future__ import annotations
 
-import difflib
 import json
 import re
 from collections.abc import Iterator, Mapping, Sequence
@@ -27,6 +26,7 @@ from pydantic_core import PydanticCustomError
 
 from pytest_forge.errors import WorkloadError
 from pytest_forge.slo import SLO
+from pytest_forge.suggest import nearest
 from pytest_forge.yaml_io import YamlInputError, read_text
 from pytest_forge.yaml_io import line_of as _line_of
 from pytest_forge.yaml_io import load as load_yaml
@@ -92,6 +92,8 @@ class WorkloadRequest(BaseModel):
 
 
 class AccuracySpec(BaseModel):
+    """The sidecar's ``accuracy:``: which scorer judges the outputs, and its floor."""
+
     model_config = ConfigDict(extra="forbid")
 
     scorer: ScorerName | None = None
@@ -132,6 +134,8 @@ class Replay(BaseModel):
 # eq=False: identity hashing, so a Workload can key a dict despite its list of requests.
 @dataclass(frozen=True, eq=False)
 class Workload:
+    """A workload file's requests and how to replay them (``load_workload`` builds it)."""
+
     name: str
     path: Path
     requests: list[WorkloadRequest]
@@ -145,18 +149,22 @@ class Workload:
 
     @property
     def mode(self) -> Mode:
+        """Closed or open loop: the sidecar's, else open when requests carry offsets."""
         return self.replay.mode or _default_mode(self.requests)
 
     @property
     def has_references(self) -> bool:
+        """Whether any request has a reference answer to score against."""
         return any(r.reference is not None for r in self.requests)
 
     @property
     def total_expected_output_tokens(self) -> int:
+        """The output tokens one pass over the workload asks for."""
         return sum(r.expected_output_tokens for r in self.requests)
 
     @cached_property
     def by_id(self) -> dict[str, WorkloadRequest]:
+        """The requests by id."""
         return {r.id: r for r in self.requests}
 
     @cached_property
@@ -210,8 +218,8 @@ def _loc_to_field(loc: Sequence[int | str]) -> str | None:
 
 
 def _suggest(key: str, valid: Sequence[str]) -> str:
-    close = difflib.get_close_matches(key, list(valid), n=1, cutoff=0.5)
-    hint = f"; did you mean '{close[0]}'?" if close else ""
+    close = nearest(key, valid, cutoff=0.5)
+    hint = f"; did you mean '{close}'?" if close else ""
     return f"unknown key '{key}'{hint} (valid keys: {', '.join(valid)})"
 
 

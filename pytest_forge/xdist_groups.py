@@ -26,14 +26,16 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from pytest_forge.recipe_files import covers_recipes, in_recipes_dir
+
 if TYPE_CHECKING:
-    from pytest_forge.session import ForgeConfig
+    from pytest_forge.options import ForgeConfig
 
 GROUP_PREFIX = "forge:"
 _SPLITTING = ("load", "worksteal")
 
 
-def add_group_mark(node: pytest.Node, recipe_id: str) -> None:
+def add_group_mark(node: pytest.Collector, recipe_id: str) -> None:
     """Mark a recipe's collector: its every test (marks are inherited) joins one group."""
     if node.config.pluginmanager.has_plugin("xdist"):  # which registers the mark
         node.add_marker(pytest.mark.xdist_group(name=f"{GROUP_PREFIX}{recipe_id}"))
@@ -43,7 +45,7 @@ def keep_recipes_together(config: pytest.Config, forge: ForgeConfig) -> None:
     """On the xdist controller: choose ``loadgroup`` for ``-n N`` alone, refuse a
     scheduler that would split a recipe (see the module docstring)."""
     dist = getattr(config.option, "dist", "no")
-    if dist == "no" or not _collects_recipes(config, forge.recipes_dir):
+    if dist == "no" or not covers_recipes(config, forge.recipes_dir):
         return
     known = config.known_args_namespace
     chosen = getattr(known, "dist", "no")
@@ -72,7 +74,7 @@ def keep_recipes_together(config: pytest.Config, forge: ForgeConfig) -> None:
 def recipe_group(nodeid: str, root: Path, recipes_dir: Path) -> str | None:
     """``forge:<id>`` for a test of recipe file ``<recipes_dir>/<id>.yaml``, else None."""
     path = (root / nodeid.split("::", 1)[0]).resolve()
-    if path.suffix in (".yaml", ".yml") and path.parent == recipes_dir.resolve():
+    if in_recipes_dir(path, recipes_dir.resolve()):
         return f"{GROUP_PREFIX}{path.stem}"
     return None
 
@@ -93,20 +95,6 @@ class _RecipeScheduler:
         return RecipeGroupScheduling(
             config, log, group_of=lambda nodeid: recipe_group(nodeid, root, self.recipes_dir)
         )
-
-
-def _collects_recipes(config: pytest.Config, recipes_dir: Path) -> bool:
-    """Whether the paths this run collects include recipe files (a conservative guess:
-    ``-k`` or ``-m`` may still deselect them)."""
-    if not recipes_dir.is_dir():
-        return False
-    recipes = recipes_dir.resolve()
-    here = Path(config.invocation_params.dir)
-    for arg in config.args:
-        path = (here / arg.split("::", 1)[0]).resolve()
-        if path == recipes or path.is_relative_to(recipes) or recipes.is_relative_to(path):
-            return True
-    return False
 
 
 __all__ = ["GROUP_PREFIX", "add_group_mark", "keep_recipes_together", "recipe_group"]

@@ -1,13 +1,13 @@
 """The one place pytest-forge reads and writes YAML (recipes, AIM files, playbooks, sidecars).
 
-Reading is bounded: a file over ``MAX_YAML_BYTES``, a document nested deeper than
-``MAX_YAML_DEPTH`` or one whose aliases expand to more than ``MAX_YAML_ALIAS_NODES`` values (the
+Reading is bounded: a file over `MAX_YAML_BYTES`, a document nested deeper than
+`MAX_YAML_DEPTH` or one whose aliases expand to more than `MAX_YAML_ALIAS_NODES` values (the
 "billion laughs" bomb) is refused by a scan of ruamel's event stream, before any object
-is built. Every problem is a ``YamlInputError`` carrying the line and column, which each
+is built. Every problem is a `YamlInputError` carrying the line and column, which each
 caller turns into its own error naming the file (RecipeError, WorkloadError...).
 
 Writing uses ruamel's round-trip mode, so the comments and key order a user wrote survive
-a tuner or baseline update (``merge`` edits the loaded document in place).
+a tuner or baseline update (`merge` edits the loaded document in place).
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from ruamel.yaml import YAML
+from ruamel.yaml.comments import CommentedMap, CommentedSeq
 from ruamel.yaml.error import MarkedYAMLError, YAMLError
 from ruamel.yaml.events import (
     AliasEvent,
@@ -65,8 +66,8 @@ MAX_YAML_ALIAS_NODES = 10_000
 class YamlInputError(Exception):
     """A YAML input refused: unreadable bytes, a syntax error or a limit.
 
-    ``message`` is the cause alone, ``line`` and ``column`` are 1-based when known, and
-    ``str()`` is the whole sentence ("YAML syntax error at line 3, column 5: ...").
+    `message` is the cause alone, `line` and `column` are 1-based when known, and
+    `str()` is the whole sentence ("YAML syntax error at line 3, column 5: ...").
     """
 
     def __init__(
@@ -216,6 +217,7 @@ def rt_yaml() -> YAML:
 
 
 def dump(doc: Any, yaml: YAML | None = None) -> str:
+    """A document as YAML text, written by `yaml` (default: rt_yaml())."""
     buf = StringIO()
     (yaml or rt_yaml()).dump(doc, buf)
     return buf.getvalue()
@@ -255,13 +257,13 @@ def guess_layout(yaml: YAML, text: str) -> None:
 
 
 def flow_samples(doc: Any) -> None:
-    """Per-repeat samples on one line each (``[812.1, 798.4, ...]``), not one per value."""
-    from ruamel.yaml.comments import CommentedSeq
-
+    """Per-repeat samples on one line each (`[812.1, 798.4, ...]`), not one per value."""
     baselines = doc.get("baselines") if isinstance(doc, Mapping) else None
     for baseline in (baselines or {}).values():
         samples = baseline.get("samples") if isinstance(baseline, Mapping) else None
-        for metric, values in (samples or {}).items():
+        if not samples:
+            continue
+        for metric, values in samples.items():
             seq = CommentedSeq(values)
             seq.fa.set_flow_style()
             samples[metric] = seq
@@ -347,15 +349,16 @@ def equivalent(written: Any, value: Any) -> bool:
 
 
 def line_of(tree: Any, loc: Sequence[Any]) -> int | None:
-    """1-based line of the key at ``loc`` in a round-trip tree, or of its nearest parent."""
+    """1-based line of the key at `loc` in a round-trip tree, or of its nearest parent."""
     node = tree
     line: int | None = None
     try:
         for part in loc:
-            if isinstance(node, Mapping) and part in node:
+            # Only round-trip containers know their lines; a plain one ends the walk.
+            if isinstance(node, CommentedMap) and part in node:
                 line = node.lc.key(part)[0] + 1
                 node = node[part]
-            elif isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
+            elif isinstance(node, CommentedSeq) and isinstance(part, int) and 0 <= part < len(node):
                 line = node.lc.item(part)[0] + 1
                 node = node[part]
             else:
@@ -366,4 +369,5 @@ def line_of(tree: Any, loc: Sequence[Any]) -> int | None:
 
 
 def line_suffix(line: int | None) -> str:
+    """The text " (line N)" for a message, or "" when the line is not known."""
     return f" (line {line})" if line is not None else ""

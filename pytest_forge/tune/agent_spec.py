@@ -2,7 +2,8 @@
 
 Parsing only: no agent classes and no SDK imports, so the plugin can refuse an unsafe spec
 when pytest starts, and :func:`pytest_forge.tune.agent.make_agent` builds the agent from
-the :class:`AgentTarget` parsed here.
+the :class:`AgentTarget` parsed here. :data:`PROVIDERS` is the table of OpenAI-compatible
+providers known by name (``groq/<model>``): base URL and key variable.
 
 Keys come from the environment. A key, or a user:password in a URL, travels only over
 https or to a loopback host (see :mod:`pytest_forge.endpoint`); a spec that would send one
@@ -31,8 +32,10 @@ from pytest_forge.errors import AgentError, ForgeError
 __all__ = [
     "ANTHROPIC_DEFAULT_URL",
     "DEFAULT_ANTHROPIC_MODEL",
+    "PROVIDERS",
     "AgentTarget",
     "InsecureCredentialsError",
+    "Provider",
     "check_agent_transport",
     "default_agent_spec",
     "parse_agent_spec",
@@ -42,15 +45,45 @@ __all__ = [
 DEFAULT_ANTHROPIC_MODEL = "claude-sonnet-4-6"
 ANTHROPIC_DEFAULT_URL = "https://api.anthropic.com"
 
-_PROVIDERS: dict[str, tuple[str, str, str | None]] = {
-    # provider: (default base URL, env var overriding it, env var holding the key)
-    "openai": ("https://api.openai.com/v1", "OPENAI_BASE_URL", "OPENAI_API_KEY"),
-    "openrouter": ("https://openrouter.ai/api/v1", "OPENROUTER_BASE_URL", "OPENROUTER_API_KEY"),
-    "ollama": ("http://127.0.0.1:11434/v1", "OLLAMA_BASE_URL", None),
+
+@dataclass(frozen=True)
+class Provider:
+    """An OpenAI-compatible provider known by name: ``--forge-agent <name>/<model>``."""
+
+    name: str
+    base_url: str  # from the provider's docs: what its OpenAI SDK examples use
+    key_env: str | None  # the variable holding its key; None: a local server, no key
+    json_mode: bool = False  # sends response_format json_object (known to be supported)
+
+    @property
+    def url_env(self) -> str:
+        """The variable that overrides the base URL (a proxy, another port)."""
+        return f"{self.name.upper()}_BASE_URL"
+
+
+# One row per provider; README.md's table lists the same. Base URLs as each provider's
+# OpenAI-compatibility docs give them.
+PROVIDERS: dict[str, Provider] = {
+    p.name: p
+    for p in (
+        Provider("openai", "https://api.openai.com/v1", "OPENAI_API_KEY", json_mode=True),
+        Provider("openrouter", "https://openrouter.ai/api/v1", "OPENROUTER_API_KEY"),
+        Provider("together", "https://api.together.ai/v1", "TOGETHER_API_KEY"),
+        Provider("groq", "https://api.groq.com/openai/v1", "GROQ_API_KEY"),
+        Provider("fireworks", "https://api.fireworks.ai/inference/v1", "FIREWORKS_API_KEY"),
+        Provider("deepinfra", "https://api.deepinfra.com/v1/openai", "DEEPINFRA_API_KEY"),
+        Provider("mistral", "https://api.mistral.ai/v1", "MISTRAL_API_KEY"),
+        Provider("deepseek", "https://api.deepseek.com", "DEEPSEEK_API_KEY"),
+        Provider("cerebras", "https://api.cerebras.ai/v1", "CEREBRAS_API_KEY"),
+        Provider("xai", "https://api.x.ai/v1", "XAI_API_KEY"),
+        Provider("ollama", "http://127.0.0.1:11434/v1", None, json_mode=True),
+        Provider("lmstudio", "http://127.0.0.1:1234/v1", None),
+    )
 }
 SPEC_HELP = (
-    "use playbook, anthropic/<model>, openai/<model>, openrouter/<model>, ollama/<model> "
-    "or an OpenAI-compatible base URL with the model after '#': https://host/v1#<model>"
+    "use playbook, anthropic/<model>, <provider>/<model> with a provider among "
+    f"{', '.join(PROVIDERS)}, or an OpenAI-compatible base URL with the model after '#': "
+    "https://host/v1#<model>"
 )
 
 
@@ -116,12 +149,19 @@ def parse_agent_spec(
             raise AgentError(f"agent {spec}: set ANTHROPIC_API_KEY in the environment")
         base = anthropic_base_url(env, f"ANTHROPIC_BASE_URL (for {option} {spec})")
         return AgentTarget("anthropic", model, base, key, key_env="ANTHROPIC_API_KEY", name=spec)
-    if provider not in _PROVIDERS:
+    if provider not in PROVIDERS:
         raise AgentError(f"agent spec {spec!r}: unknown provider {provider!r}; {SPEC_HELP}")
-    default_url, url_env, key_env = _PROVIDERS[provider]
-    where = f"{url_env} (for {option} {spec})"
-    base, credentials = _split(env.get(url_env) or default_url, where)
-    if provider == "ollama" and not httpx.URL(base).path.strip("/"):
+    return _provider_target(PROVIDERS[provider], model, spec, env, option)
+
+
+def _provider_target(
+    provider: Provider, model: str, spec: str, env: Mapping[str, str], option: str
+) -> AgentTarget:
+    """``<provider>/<model>``: the provider's URL (or its override) and key from ``env``."""
+    key_env = provider.key_env
+    where = f"{provider.url_env} (for {option} {spec})"
+    base, credentials = _split(env.get(provider.url_env) or provider.base_url, where)
+    if key_env is None and not httpx.URL(base).path.strip("/"):
         base = base.rstrip("/") + "/v1"  # OLLAMA_BASE_URL is often given as host:port
     key = env.get(key_env) if key_env else None
     if key_env and not key:
@@ -143,7 +183,7 @@ def parse_agent_spec(
         credentials,
         key_env=key_env,
         name=spec,
-        json_mode=provider in ("openai", "ollama"),
+        json_mode=provider.json_mode,
     )
 
 

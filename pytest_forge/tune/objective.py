@@ -20,37 +20,52 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from pytest_forge.errors import ForgeError
+from pytest_forge.metric_registry import METRICS
 
 
 class Scorable(Protocol):
     """What scoring reads from a measurement (``pytest_forge.metrics.Measurement`` is one)."""
 
     @property
-    def repeats(self) -> Sequence[object]: ...
+    def repeats(self) -> Sequence[object]:
+        """The timed repeats (only their number is read)."""
+        ...
 
-    def median(self, metric: str) -> float | None: ...
+    def median(self, metric: str) -> float | None:
+        """Median of ``metric`` over the repeats; None when not measured."""
+        ...
 
-    def cv(self, metric: str = ...) -> float: ...
+    def cv(self, metric: str = ...) -> float:
+        """Coefficient of variation of ``metric`` over the repeats."""
+        ...
 
 
 @dataclass(frozen=True)
 class Objective:
+    """What a tune maximises: one metric's median over repeats, in a direction."""
+
     name: str
     metric: str  # the Measurement metric whose median over repeats is compared
     higher_is_better: bool
     unit: str
 
     def describe(self) -> str:
+        """One line for the tune's header: the metric, its unit and which way is better."""
         direction = "higher" if self.higher_is_better else "lower"
         return (
             f"{self.name}: median {self.metric} over repeats ({self.unit}, {direction} is better)"
         )
 
 
+def _objective(name: str, metric: str, unit_note: str = "") -> Objective:
+    spec = METRICS[metric]  # name, unit and direction: the registry's
+    return Objective(name, spec.name, spec.higher_is_better, spec.unit + unit_note)
+
+
 OBJECTIVES: dict[str, Objective] = {
-    "throughput": Objective("throughput", "output_throughput", True, "tok/s"),
-    "goodput": Objective("goodput", "goodput", True, "req/s meeting every SLO"),
-    "latency": Objective("latency", "e2el_p99_ms", False, "ms"),
+    "throughput": _objective("throughput", "output_throughput"),
+    "goodput": _objective("goodput", "goodput", " meeting every SLO"),
+    "latency": _objective("latency", "e2el_p99_ms"),
 }
 
 # One repeat reports a CV of 0, which would claim a noiseless run. Assume instead the
@@ -60,11 +75,14 @@ SINGLE_RUN_CV = 0.05
 
 @dataclass(frozen=True)
 class Decision:
+    """Keep the candidate or not, and why."""
+
     keep: bool
     reason: str
 
 
 def objective(name: str) -> Objective:
+    """The objective called ``name``; ForgeError naming the choices otherwise."""
     try:
         return OBJECTIVES[name]
     except KeyError:

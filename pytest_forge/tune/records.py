@@ -1,5 +1,5 @@
-"""What a tune's experiments produce: evaluations, outcomes and results, and the helpers
-that turn them into stored records and readable text."""
+"""What a tune's experiments produce: outcomes and results, and the helpers that turn
+them into stored records and readable text."""
 
 from __future__ import annotations
 
@@ -8,37 +8,28 @@ import datetime as _dt
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal, get_args
 
-from pytest_forge.metrics import Measurement
+from pytest_forge.metric_registry import JUDGED_BY_NAME, THROUGHPUT
 from pytest_forge.recipe import Recipe
+from pytest_forge.results import Evaluation
+from pytest_forge.tune.agent_types import HistoryEntry
+from pytest_forge.tune.agent_types import Status as StoredStatus
 
-if TYPE_CHECKING:
-    from pytest_forge.pipeline import CaseResult
-    from pytest_forge.tune.agent import HistoryEntry
-    from pytest_forge.verdict import Verdict
+# What the agent may see in its history: skipped and error outcomes are never stored.
+STORED_STATUSES: tuple[str, ...] = get_args(StoredStatus)
+Status = Literal[StoredStatus, "skipped", "error"]
 
-Status = Literal["baseline", "kept", "rejected", "invalid", "crashed", "skipped", "error"]
-# What the agent may see in its history (skipped and error outcomes are never stored).
-STORED_STATUSES = ("baseline", "kept", "rejected", "invalid", "crashed")
-
+# The latency an outcome's summary line shows.
+_E2EL_P99 = JUDGED_BY_NAME["e2el_p99_ms"].name
 # How much of a crash's text (message + vLLM log tail) is stored and shown to the agent.
 ERROR_SNIPPET_CHARS = 2000
 
 
 @dataclass
-class Evaluation:
-    """One recipe through the pipeline: one server boot, every workload of the recipe."""
-
-    measurements: dict[str, Measurement]
-    verdicts: dict[str, Verdict]
-    error: str | None = None  # boot failure or death, with the vLLM log tail
-    # The gate's per-workload results, for the summary table (empty where no pipeline ran).
-    cases: list[CaseResult] = field(default_factory=list)
-
-
-@dataclass
 class ExperimentOutcome:
+    """One experiment as it ended: what ran, its measurements and score, kept or why not."""
+
     exp: int | None  # None: skipped, nothing stored
     slot: int | None  # None: the baseline
     status: Status
@@ -66,12 +57,14 @@ class ExperimentOutcome:
     measurements: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def to_record(self) -> dict[str, Any]:
+        """The JSON record the run store appends (``resumed`` is not part of it)."""
         record = dataclasses.asdict(self)
         del record["resumed"]
         return record
 
     @classmethod
     def from_record(cls, record: Mapping[str, Any], resumed: bool = True) -> ExperimentOutcome:
+        """An outcome from a stored record; fields a record lacks take their empty value."""
         names = {f.name for f in dataclasses.fields(cls)}
         data = {k: v for k, v in record.items() if k in names}
         data["resumed"] = resumed
@@ -112,6 +105,8 @@ class ExperimentOutcome:
 
 @dataclass(frozen=True)
 class TuneResult:
+    """How a tune ended: the winner written to ``recipes/`` (if any) and why."""
+
     winner: Recipe | None  # the recipe written to recipes/, None when nothing was written
     path: Path | None
     baseline_score: float | None
@@ -126,16 +121,19 @@ class TuneResult:
 
 # -- helpers ------------------------------------------------------------------------------
 def now_iso() -> str:
+    """The current UTC time, to the second, as ISO 8601."""
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
 def serving_setup(recipe: Recipe) -> dict[str, Any]:
+    """The part of a recipe that decides how it is served, as stored with an experiment."""
     data = recipe.model_dump(mode="json")
     keys = ("model", "config", "compilation", "quant", "env", "kernels", "lineage")
     return {k: data.get(k) for k in keys}
 
 
 def usage_dict(agent: Any) -> dict[str, float]:
+    """The agent's spend so far (calls, tokens, dollars) as numbers; {} when it has none."""
     usage = getattr(agent, "usage", None)
     out: dict[str, float] = {}
     for name in ("calls", "input_tokens", "output_tokens", "cost_usd"):
@@ -146,6 +144,7 @@ def usage_dict(agent: Any) -> dict[str, float]:
 
 
 def usage_delta(before: Mapping[str, float], after: Mapping[str, float]) -> dict[str, float]:
+    """What was spent between two :func:`usage_dict` readings."""
     return {k: round(v - before.get(k, 0.0), 6) for k, v in after.items()}
 
 
@@ -185,8 +184,8 @@ def crash_summary(text: str) -> str:
 def _metrics_line(metrics: Mapping[str, Mapping[str, Any]], accuracy: Mapping[str, Any]) -> str:
     parts = []
     for workload, head in metrics.items():
-        tok = head.get("output_throughput")
-        p99 = head.get("e2el_p99_ms")
+        tok = head.get(THROUGHPUT.name)
+        p99 = head.get(_E2EL_P99)
         acc = accuracy.get(workload)
         bits = [f"{tok:.1f} tok/s" if isinstance(tok, int | float) else "- tok/s"]
         if isinstance(p99, int | float):
@@ -198,8 +197,7 @@ def _metrics_line(metrics: Mapping[str, Mapping[str, Any]], accuracy: Mapping[st
 
 
 def history_entry(record: Mapping[str, Any]) -> HistoryEntry:
-    from pytest_forge.tune.agent import HistoryEntry
-
+    """A stored experiment as the agent sees it in its history."""
     return HistoryEntry(
         exp=int(record.get("exp") or 0),
         recipe_id=str(record.get("recipe_id") or ""),

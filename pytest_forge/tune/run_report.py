@@ -2,23 +2,24 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from pytest_forge.tune.store import (
-    CONFIG,
-    RunStore,
-    _fmt,
-    _num,
-    _one_line,
-    _run_number,
-    _text,
-    _truncate,
+from pytest_forge.report import format_table
+from pytest_forge.tune.store import CONFIG, RunStore, runs_under
+from pytest_forge.tune.table import (
+    best_record,
+    fmt,
     kept_mark,
+    num,
+    one_line,
     record_summary,
+    text,
+    truncate,
 )
 
-REPORT_COLUMNS = (
+REPORT_COLUMNS = [
     "exp",
     "id",
     "gen",
@@ -29,16 +30,8 @@ REPORT_COLUMNS = (
     "kept",
     "status",
     "rationale",
-)
+]
 RATIONALE_WIDTH = 60
-
-
-def _best_record(records: list[dict[str, Any]]) -> dict[str, Any] | None:
-    best = None
-    for r in records:
-        if r.get("status") in ("baseline", "kept"):
-            best = r
-    return best
 
 
 def _resolve_run_dir(path: Path) -> Path:
@@ -46,25 +39,20 @@ def _resolve_run_dir(path: Path) -> Path:
     if (path / CONFIG).is_file():
         return path
     for root in (path / "runs", path):
-        if root.is_dir():
-            runs = [p for p in root.iterdir() if _run_number(p) is not None and p.is_dir()]
-            if runs:
-                return max(runs, key=lambda p: (_run_number(p), p.name))
+        runs = runs_under(root)
+        if runs:
+            return runs[0]
     return path  # open() then says what is missing
 
 
-def render_report(run_dir: Path) -> str:
-    """The ``forge report RUN_DIR`` table: a header on the best so far, then every experiment."""
-    run_dir = _resolve_run_dir(Path(run_dir))
-    store = RunStore.open(run_dir)
-    records = store.experiments()
-    config = store.config
-    best = _best_record(records)
+def _header(
+    run_dir: Path, config: Mapping[str, Any], records: Sequence[Mapping[str, Any]]
+) -> list[str]:
+    """The lines above the table: recipe, objective, counts and the best so far."""
     counts: dict[str, int] = {}
     for r in records:
         status = str(r.get("status"))
         counts[status] = counts.get(status, 0) + 1
-
     lines = [f"=== Forge Report: {run_dir} ==="]
     recipe = config.get("recipe_id")
     if recipe:
@@ -75,18 +63,47 @@ def render_report(run_dir: Path) -> str:
         lines.append(f"Objective: {objective}")
     breakdown = ", ".join(f"{n} {s}" for s, n in counts.items())
     lines.append(f"Total experiments: {len(records)}" + (f" ({breakdown})" if breakdown else ""))
+    best = best_record(records)
     if best is not None:
         summary = record_summary(best)
         lines += [
-            f"Best score: {_fmt(_num(best.get('score')), '.4f')}",
+            f"Best score: {fmt(num(best.get('score')), '.4f')}",
             f"Best recipe ID: {best.get('recipe_id') or '-'}",
-            f"Best generation: {_text(best.get('generation'))}",
-            f"Throughput: {_fmt(summary['tok_s'], '.1f')} tok/s",
-            f"P99 latency: {_fmt(summary['p99_ms'], '.0f')} ms",
+            f"Best generation: {text(best.get('generation'))}",
+            f"Throughput: {fmt(summary['tok_s'], '.1f')} tok/s",
+            f"P99 latency: {fmt(summary['p99_ms'], '.0f')} ms",
         ]
+    return lines
+
+
+def _row(r: Mapping[str, Any]) -> list[str]:
+    s = record_summary(r)
+    rationale = one_line(r.get("rationale")) or one_line(r.get("reason"))
+    if r.get("status") == "baseline":
+        rationale = rationale or "baseline"
+    return [
+        str(r.get("exp")),
+        str(r.get("recipe_id") or "-"),
+        text(r.get("generation")),
+        fmt(num(r.get("score")), ".4f"),
+        fmt(s["tok_s"], ".1f"),
+        fmt(s["p99_ms"], ".0f"),
+        fmt(s["accuracy"], ".3f"),
+        kept_mark(r.get("status")),
+        str(r.get("status")),
+        truncate(rationale, RATIONALE_WIDTH),
+    ]
+
+
+def render_report(run_dir: Path) -> str:
+    """The ``forge report RUN_DIR`` table: a header on the best so far, then every experiment."""
+    run_dir = _resolve_run_dir(Path(run_dir))
+    store = RunStore.open(run_dir)
+    records = store.experiments()
+    lines = _header(run_dir, store.config, records)
     done = store.completed()
     if done is not None:
-        lines.append(f"Status: completed — {_one_line(done.get('message'))}")
+        lines.append(f"Status: completed — {one_line(done.get('message'))}")
     else:
         lines.append("Status: unfinished (interrupted or still running; resumable)")
     lines.append("")
@@ -99,30 +116,9 @@ def render_report(run_dir: Path) -> str:
         "tok/s: mean over the workloads; p99_ms: the worst workload's E2E latency p99; "
         "accuracy: the worst workload's"
     )
-    rows = [list(REPORT_COLUMNS)]
-    for r in records:
-        s = record_summary(r)
-        rationale = _one_line(r.get("rationale")) or _one_line(r.get("reason"))
-        if r.get("status") == "baseline":
-            rationale = rationale or "baseline"
-        rows.append(
-            [
-                str(r.get("exp")),
-                str(r.get("recipe_id") or "-"),
-                "-" if r.get("generation") is None else str(r.get("generation")),
-                _fmt(_num(r.get("score")), ".4f"),
-                _fmt(s["tok_s"], ".1f"),
-                _fmt(s["p99_ms"], ".0f"),
-                _fmt(s["accuracy"], ".3f"),
-                kept_mark(r.get("status")),
-                str(r.get("status")),
-                _truncate(rationale, RATIONALE_WIDTH),
-            ]
-        )
-    widths = [max(len(row[i]) for row in rows) for i in range(len(REPORT_COLUMNS) - 1)]
-    for row in rows:
-        cells = [cell.ljust(widths[i]) for i, cell in enumerate(row[:-1])]
-        lines.append("  ".join([*cells, row[-1]]).rstrip())
+    table = format_table(REPORT_COLUMNS, [_row(r) for r in records])
+    # The rationale column is last: no padding after it.
+    lines += [line.rstrip() for line in table.splitlines()]
     return "\n".join(lines)
 
 

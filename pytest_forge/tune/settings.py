@@ -18,7 +18,8 @@ from typing import TYPE_CHECKING, Any
 from pytest_forge.errors import ForgeError
 from pytest_forge.hardware import comparable_hardware
 from pytest_forge.tune.agent_spec import public_agent_spec
-from pytest_forge.tune.tuner import TuneOptions
+from pytest_forge.tune.options import TuneOptions
+from pytest_forge.tune.store import CONFIG
 
 if TYPE_CHECKING:
     from pytest_forge.session import ForgeConfig
@@ -26,6 +27,8 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class TuneSettings:
+    """Everything a tune run measures with: its options, agent, playbook and workloads."""
+
     options: TuneOptions
     agent: str  # the agent spec to build (with credentials when given on this command line)
     playbook: Path | None
@@ -115,7 +118,7 @@ def resumed_settings(
 ) -> TuneSettings:
     """A resumed run's settings: its ``config.json``'s. Raises ForgeError naming every value
     given now that differs from the stored one, and a change of hardware or vLLM."""
-    where = run_dir / "config.json"
+    where = run_dir / CONFIG
     problems = [
         f"{_flag(ini)} {_show(_given(config, key, agent_spec))} on this command line, "
         f"{key} {_show(stored[key])} in {where}"

@@ -19,13 +19,8 @@ an experiment number another writer took, so two resumes of one run cannot both 
 
 from __future__ import annotations
 
-import csv
 import datetime as _dt
-import io
 import json
-import logging
-import math
-import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -33,11 +28,12 @@ from typing import TYPE_CHECKING, Any
 
 from pytest_forge.errors import ForgeError
 from pytest_forge.fileio import Claim, LockTimeout, atomic_write, fsync_dir, locked
+from pytest_forge.tune.experiment_log import append_line, read_records
+from pytest_forge.tune.redact import redact
+from pytest_forge.tune.table import tsv
 
 if TYPE_CHECKING:
     from pytest_forge.recipe import Recipe
-
-log = logging.getLogger(__name__)
 
 CONFIG = "config.json"
 EXPERIMENTS = "experiments.jsonl"
@@ -48,218 +44,29 @@ COMPLETED = "completed.json"
 LOGS = "logs"
 CLAIM = "run"  # the run's owner holds the lock of <run>/run (the sidecar .run.lock)
 
-REDACTED = "***redacted***"
-# Matched against each word of a key, so "api_key", "HF_TOKEN", "apiKey" and
-# "Authorization" are redacted while "max_num_batched_tokens" or "input_tokens" are not.
-_SECRET_WORDS = ("key", "token", "secret", "password", "passwd", "authorization")
-# Credentials by their shape, wherever they appear (an error text, a log tail, a note).
-_SECRET_VALUE = re.compile(
-    r"\b(?:sk-[A-Za-z0-9_-]{8,}|hf_[A-Za-z0-9]{8,})|\b(?i:bearer)\s+[A-Za-z0-9._~+/=-]+"
-)
-# A mapping holding these is an environment dump, which may hold any secret under any name.
-_ENV_MARKERS = frozenset({"PATH", "HOME"})
-
 _RUN_NAME = re.compile(r"^(\d{3,})_")
-_KEPT_MARK = {"baseline": "✓", "kept": "✓", "rejected": "✗"}
 
 
-# -- redaction -------------------------------------------------------------------------
-def _is_secret_key(key: str) -> bool:
-    words = [
-        w for w in re.split(r"[^a-z0-9]+", re.sub(r"([a-z0-9])([A-Z])", r"\1_\2", key).lower()) if w
-    ]
-    # The last word names what the value is: HF_TOKEN, api_key, client_secret are secrets;
-    # total_token_throughput and max_num_batched_tokens are not.
-    return bool(words) and words[-1].endswith(_SECRET_WORDS)
+def run_number(path: Path) -> int | None:
+    """The NNN of a run directory ``<NNN>_<timestamp>`` (None: not a run's name)."""
+    match = _RUN_NAME.match(path.name)
+    return int(match.group(1)) if match else None
 
 
-def redact(value: Any, where: str = "config") -> Any:
-    """A JSON-ready copy of ``value`` with every secret-looking key or value replaced.
-
-    Non-finite floats become None (JSON has no NaN). An environment dump is refused, not
-    filtered: nothing that may hold a secret under an unrecognisable name is written.
-    """
-    if isinstance(value, os._Environ) or (
-        isinstance(value, Mapping) and {str(k) for k in value} >= _ENV_MARKERS
-    ):
-        raise ForgeError(
-            f"{where}: looks like an environment dump (has {', '.join(sorted(_ENV_MARKERS))}); "
-            "the run store records options, never the environment"
-        )
-    if isinstance(value, Mapping):
-        return {
-            str(k): REDACTED
-            if _is_secret_key(str(k)) and isinstance(v, str)
-            else redact(v, f"{where}.{k}")
-            for k, v in value.items()
-        }
-    if isinstance(value, list | tuple | set | frozenset):
-        items = sorted(value, key=str) if isinstance(value, set | frozenset) else value
-        return [redact(v, f"{where}[{i}]") for i, v in enumerate(items)]
-    if isinstance(value, str):
-        return _SECRET_VALUE.sub(REDACTED, value)
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if value is None or isinstance(value, bool | int | float):
-        return value
-    if isinstance(value, Path):
-        return str(value)
-    return redact(str(value), where)
+def runs_under(root: Path) -> list[Path]:
+    """The run directories under ``root``, newest (highest-numbered) first."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    return sorted(
+        (p for p in root.iterdir() if run_number(p) is not None and p.is_dir()),
+        key=lambda p: (run_number(p), p.name),
+        reverse=True,
+    )
 
 
-# -- durable files ---------------------------------------------------------------------
 def _dump(data: Any) -> str:
     return json.dumps(data, indent=2, ensure_ascii=False, allow_nan=False) + "\n"
-
-
-def _drop_partial_tail(path: Path) -> None:
-    """Cut a line left half-written by a kill, so the next append starts on a fresh line."""
-    with open(path, "rb+") as fh:
-        size = fh.seek(0, os.SEEK_END)
-        if size == 0:
-            return
-        fh.seek(size - 1)
-        if fh.read(1) == b"\n":
-            return
-        # Scan back for the last complete line; the records are small, a block suffices
-        # in practice but read further when needed.
-        block = 4096
-        end = size
-        while end > 0:
-            start = max(0, end - block)
-            fh.seek(start)
-            chunk = fh.read(end - start)
-            idx = chunk.rfind(b"\n")
-            if idx >= 0:
-                keep = start + idx + 1
-                break
-            end = start
-        else:
-            keep = 0
-        log.warning(
-            "%s: dropping a half-written last line (%d bytes) left by an interrupted run",
-            path,
-            size - keep,
-        )
-        fh.truncate(keep)
-        fh.flush()
-        os.fsync(fh.fileno())
-
-
-def _read_experiments(path: Path) -> list[dict[str, Any]]:
-    if not path.exists():
-        return []
-    raw = path.read_bytes()
-    lines = raw.split(b"\n")
-    # A final piece without its newline is a write a kill interrupted: not a record.
-    complete, tail = lines[:-1], lines[-1]
-    if tail.strip():
-        log.warning("%s: ignoring a half-written last line (%d bytes)", path, len(tail))
-    records: list[dict[str, Any]] = []
-    for number, line in enumerate(complete, start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except ValueError as exc:
-            raise ForgeError(f"{path}:{number}: not a JSON experiment record: {exc}") from None
-        if not isinstance(record, dict):
-            raise ForgeError(f"{path}:{number}: an experiment record must be a JSON object")
-        records.append(record)
-    return records
-
-
-# -- the table -------------------------------------------------------------------------
-def _num(value: Any) -> float | None:
-    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
-
-
-def _headline_values(record: Mapping[str, Any], key: str) -> list[float]:
-    metrics = record.get("metrics") or {}
-    return [v for head in metrics.values() if (v := _num((head or {}).get(key))) is not None]
-
-
-def record_summary(record: Mapping[str, Any]) -> dict[str, float | None]:
-    """Across workloads: mean tok/s, the worst E2E p99 and the worst accuracy."""
-    tok = _headline_values(record, "output_throughput")
-    p99 = _headline_values(record, "e2el_p99_ms")
-    acc = [v for v in (record.get("accuracy") or {}).values() if _num(v) is not None]
-    return {
-        "tok_s": sum(tok) / len(tok) if tok else None,
-        "p99_ms": max(p99) if p99 else None,
-        "accuracy": min(acc) if acc else None,
-    }
-
-
-def kept_mark(status: str | None) -> str:
-    """✓ baseline or kept, ✗ measured and rejected, - never scored (invalid, crashed)."""
-    return _KEPT_MARK.get(status or "", "-")
-
-
-def _fmt(value: float | None, spec: str) -> str:
-    return "-" if value is None else format(value, spec)
-
-
-def _text(value: Any) -> str:
-    return "-" if value is None else str(value)
-
-
-def _one_line(text: Any) -> str:
-    return " ".join(str(text or "").split())
-
-
-def _truncate(text: str, width: int) -> str:
-    return text if len(text) <= width else text[: width - 3].rstrip() + "..."
-
-
-TSV_COLUMNS = (
-    "exp",
-    "slot",
-    "status",
-    "kept",
-    "recipe_id",
-    "generation",
-    "parent_id",
-    "score",
-    "tok_s",
-    "p99_ms",
-    "accuracy",
-    "duration_s",
-    "agent_cost_usd",
-    "changes",
-    "rationale",
-    "reason",
-)
-
-
-def _tsv(records: list[dict[str, Any]]) -> str:
-    out = io.StringIO()
-    writer = csv.writer(out, delimiter="\t", lineterminator="\n")
-    writer.writerow(TSV_COLUMNS)
-    for r in records:
-        s = record_summary(r)
-        usage = r.get("usage") or {}
-        writer.writerow(
-            [
-                r.get("exp"),
-                "" if r.get("slot") is None else r.get("slot"),
-                r.get("status"),
-                kept_mark(r.get("status")),
-                r.get("recipe_id") or "",
-                "" if r.get("generation") is None else r.get("generation"),
-                r.get("parent_id") or "",
-                _fmt(_num(r.get("score")), ".4f"),
-                _fmt(s["tok_s"], ".1f"),
-                _fmt(s["p99_ms"], ".1f"),
-                _fmt(s["accuracy"], ".3f"),
-                _fmt(_num(r.get("duration_s")), ".1f"),
-                _fmt(_num(usage.get("cost_usd")), ".4f"),
-                json.dumps(r.get("changes") or {}, ensure_ascii=False, sort_keys=True),
-                _one_line(r.get("rationale")),
-                _one_line(r.get("reason")),
-            ]
-        )
-    return out.getvalue()
 
 
 # -- the store -------------------------------------------------------------------------
@@ -274,10 +81,6 @@ class RunStore:
     def __repr__(self) -> str:
         return f"RunStore({str(self.path)!r})"
 
-    @property
-    def name(self) -> str:
-        return self.path.name
-
     # construction
     @classmethod
     def create(cls, root: Path, config: Mapping[str, Any], *, claim: bool = False) -> RunStore:
@@ -289,7 +92,7 @@ class RunStore:
         safe = redact(dict(config))  # refuse an env dump before touching the disk
         root.mkdir(parents=True, exist_ok=True)
         stamp = _dt.datetime.now().strftime("%Y-%m-%dT%H-%M-%S")
-        number = max((n for n in map(_run_number, root.iterdir()) if n is not None), default=0)
+        number = max((n for n in map(run_number, root.iterdir()) if n is not None), default=0)
         while True:
             number += 1
             path = root / f"{number:03d}_{stamp}"
@@ -313,6 +116,7 @@ class RunStore:
 
     @classmethod
     def open(cls, path: Path) -> RunStore:
+        """An existing run; ForgeError when ``path`` holds no run's config.json."""
         path = Path(path)
         if not (path / CONFIG).is_file():
             raise ForgeError(f"{path}: not a tune run (no {CONFIG})")
@@ -324,15 +128,7 @@ class RunStore:
     ) -> RunStore | None:
         """The highest-numbered run under ``root`` with config.json and no completed.json
         (and whose config matches every item of ``where``, e.g. ``{"recipe_id": "x"}``)."""
-        root = Path(root)
-        if not root.is_dir():
-            return None
-        runs = sorted(
-            (p for p in root.iterdir() if _run_number(p) is not None and p.is_dir()),
-            key=lambda p: (_run_number(p), p.name),
-            reverse=True,
-        )
-        for path in runs:
+        for path in runs_under(root):
             store = cls(path)
             if not (path / CONFIG).is_file() or store.is_completed:
                 continue
@@ -349,6 +145,7 @@ class RunStore:
     # contents
     @property
     def config(self) -> dict[str, Any]:
+        """The run's config.json (every option it was started with, secrets redacted)."""
         try:
             data = json.loads((self.path / CONFIG).read_text(encoding="utf-8"))
         except (OSError, ValueError) as exc:
@@ -359,7 +156,7 @@ class RunStore:
 
     def experiments(self) -> list[dict[str, Any]]:
         """Every stored experiment in order (a half-written last line is not one)."""
-        return _read_experiments(self.path / EXPERIMENTS)
+        return read_records(self.path / EXPERIMENTS)
 
     def append_experiment(self, record: Mapping[str, Any]) -> None:
         """Durably append one experiment, then regenerate the derived tables.
@@ -383,20 +180,7 @@ class RunStore:
                         "result is not stored and the run is unchanged: resume it once the "
                         "other process has finished"
                     )
-            created = not path.exists()
-            if not created:
-                _drop_partial_tail(path)
-            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-            try:
-                view = memoryview(line)
-                while view:
-                    written = os.write(fd, view)
-                    view = view[written:]
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            if created:
-                fsync_dir(self.path)
+            append_line(path, line)
             self._write_tables()
 
     # ownership
@@ -416,13 +200,14 @@ class RunStore:
             ) from None
 
     def release(self) -> None:
+        """Give up the claim taken by :meth:`claim` (a no-op without one)."""
         if self._claim is not None:
             self._claim.release()
             self._claim = None
 
     def _write_tables(self) -> None:
         records = self.experiments()
-        atomic_write(self.path / TSV, _tsv(records))
+        atomic_write(self.path / TSV, tsv(records))
         atomic_write(self.path / TABLE_JSON, _dump(records))
 
     def write_best_recipe(self, recipe: Recipe) -> Path:
@@ -438,15 +223,18 @@ class RunStore:
 
     @property
     def best_recipe_path(self) -> Path:
+        """Where the best recipe so far is kept (``best_recipe.yaml``)."""
         return self.path / BEST_RECIPE
 
     @property
     def server_log_dir(self) -> Path:
+        """The run's directory for vLLM server logs (created on first use)."""
         path = self.path / LOGS
         path.mkdir(parents=True, exist_ok=True)
         return path
 
     def mark_completed(self, summary: Mapping[str, Any]) -> None:
+        """Write completed.json (``summary``, redacted): the run finished and is not resumed."""
         data = {
             "completed_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             **redact(dict(summary), "summary"),
@@ -455,9 +243,11 @@ class RunStore:
 
     @property
     def is_completed(self) -> bool:
+        """Whether the run finished cleanly (it has completed.json)."""
         return (self.path / COMPLETED).is_file()
 
     def completed(self) -> dict[str, Any] | None:
+        """completed.json's summary; None when the run is unfinished or the file unreadable."""
         if not self.is_completed:
             return None
         try:
@@ -467,15 +257,4 @@ class RunStore:
         return data if isinstance(data, dict) else None
 
 
-def _run_number(path: Path) -> int | None:
-    match = _RUN_NAME.match(path.name)
-    return int(match.group(1)) if match else None
-
-
-__all__ = [
-    "REDACTED",
-    "RunStore",
-    "kept_mark",
-    "record_summary",
-    "redact",
-]
+__all__ = ["CONFIG", "EXPERIMENTS", "RunStore", "run_number", "runs_under"]

@@ -28,6 +28,7 @@ import time
 import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from http import HTTPStatus
 from typing import Any
 
 MODEL = "fake-model"
@@ -66,6 +67,9 @@ class Knobs:
     token_delay_s: float = 0.0  # between streamed tokens
     ttft_delay_s: float = 0.0  # before the first token
     fail_every: int = 0  # every Nth generation request answers HTTP 500 (0: never)
+    fail_first: int = 0  # the first N generation requests fail too
+    fail_status: int = 500  # the status of a failure (429: rate limited)
+    retry_after: str | None = None  # the Retry-After header of a failure
     drop_every: int = 0  # every Nth generation request loses its connection mid-stream
     drop_after_tokens: int = 2  # ...after this many tokens
     tokens_per_chunk: int = 1  # >1 bundles tokens per chunk, as speculative decoding does
@@ -132,9 +136,9 @@ def _dumps(obj: Any) -> bytes:
     return json.dumps(obj, separators=(",", ":")).encode()
 
 
-def _response(status: int, reason: str, body: bytes, content_type: str) -> bytes:
+def _response(status: int, reason: str, body: bytes, content_type: str, extra: str = "") -> bytes:
     head = (
-        f"HTTP/1.1 {status} {reason}\r\ncontent-type: {content_type}\r\n"
+        f"HTTP/1.1 {status} {reason}\r\ncontent-type: {content_type}\r\n{extra}"
         f"content-length: {len(body)}\r\n\r\n"
     )
     return head.encode() + body
@@ -242,10 +246,12 @@ class _App:
             writer.write(_json_response(401, "Unauthorized", err))
             await writer.drain()
             return True
-        if k.fail_every and nth % k.fail_every == 0:
+        if (k.fail_every and nth % k.fail_every == 0) or nth <= k.fail_first:
             s.failed += 1
-            err = {"error": {"message": "fake failure", "type": "InternalServerError", "code": 500}}
-            writer.write(_json_response(500, "Internal Server Error", err))
+            reason = HTTPStatus(k.fail_status).phrase
+            err = {"error": {"message": "fake failure", "type": reason, "code": k.fail_status}}
+            extra = f"retry-after: {k.retry_after}\r\n" if k.retry_after else ""
+            writer.write(_response(k.fail_status, reason, _dumps(err), "application/json", extra))
             await writer.drain()
             return True
 

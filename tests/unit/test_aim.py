@@ -1,4 +1,4 @@
-"""AIM import/export and the vLLM command line / config file exports."""
+"""AIM import (aim.py), and export.py: AIM, vLLM command line and config file exports."""
 
 from __future__ import annotations
 
@@ -10,15 +10,10 @@ from typing import Any
 import pytest
 import yaml
 
-from pytest_forge.aim import (
-    convert_value,
-    export_aim,
-    export_recipe,
-    import_aim,
-    vllm_config_data,
-)
+from pytest_forge.aim import convert_value, import_aim
 from pytest_forge.cli import main as forge_main
 from pytest_forge.errors import ForgeError, RecipeError
+from pytest_forge.export import export_aim, export_recipe, vllm_config_data
 from pytest_forge.recipe import Recipe
 from pytest_forge.vllm_args import VllmArgSpec, load_bundled_spec, validate_recipe_args
 

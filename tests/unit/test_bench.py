@@ -16,8 +16,9 @@ from typing import Any
 import httpx
 import pytest
 
-from pytest_forge import bench
-from pytest_forge.bench import BenchOptions, Progress, arrival_times, run_bench
+from pytest_forge import bench, bench_client, bench_plan, bench_sse, bench_transport
+from pytest_forge.bench import BenchOptions, Progress, run_bench
+from pytest_forge.bench_plan import arrival_times
 from pytest_forge.endpoint import Endpoint
 from pytest_forge.errors import BenchError, ServerError
 from pytest_forge.metrics import RepeatSummary, RequestRecord, steady_state
@@ -67,7 +68,7 @@ ONE = BenchOptions(repeats=1, metrics_interval_s=0.02)
 def transport(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     """Both HTTP transports behave the same (aiohttp is optional at run time)."""
     if request.param == "h11":
-        monkeypatch.setattr(bench, "_fast_transport", lambda pool: None)
+        monkeypatch.setattr(bench_client, "fast_transport", lambda pool: None)
     elif importlib.util.find_spec("aiohttp") is None:
         pytest.skip("aiohttp not installed")
     yield request.param
@@ -449,7 +450,7 @@ def test_aiohttp_transport_maps_errors_to_httpx() -> None:
     pytest.importorskip("aiohttp")
 
     async def main(url: str) -> None:
-        async with httpx.AsyncClient(transport=bench.AiohttpTransport(limit=2)) as client:
+        async with httpx.AsyncClient(transport=bench_transport.AiohttpTransport(limit=2)) as client:
             resp = await client.get(url + "/version")
             assert resp.json() == {"version": "0.0.0-fake"}
             assert resp.headers["content-type"] == "application/json"
@@ -474,7 +475,7 @@ def test_sse_parser_handles_any_read_boundary() -> None:
         + f"data: {json.dumps(events[3])}\n\ndata: [DONE]\n\n"
     ).encode()
     for cut in range(1, len(stream)):  # every split of the bytes into two network reads
-        p = bench._SSEParser(chat=False)
+        p = bench_sse.SSEParser(chat=False)
         p.feed(stream[:cut], 1.0)
         p.feed(stream[cut:], 2.0)
         assert "".join(p.texts) == "héllo wörld ✓", cut
@@ -483,10 +484,22 @@ def test_sse_parser_handles_any_read_boundary() -> None:
 
 
 def test_sse_parser_reports_error_events() -> None:
-    p = bench._SSEParser(chat=True)
+    p = bench_sse.SSEParser(chat=True)
     p.feed(b'data: {"error": {"message": "engine dead", "code": 500}}\n\n', 1.0)
     assert p.error == "server error in stream: engine dead"
     assert p.chunk_times == []
+    assert p.problem() == "server error in stream: engine dead"
+
+
+def test_sse_parser_names_what_an_ended_stream_lacks() -> None:
+    p = bench_sse.SSEParser(chat=False)
+    assert p.problem() == "stream ended without any token chunk"
+    p.feed(b'data: {"choices": [{"text": "a"}]}\n\n', 1.0)
+    assert "without a usage chunk" in (p.problem() or "")
+    p.feed(b'data: {"choices": [], "usage": {"completion_tokens": 1}}\n\n', 2.0)
+    assert p.problem() == "stream ended without data: [DONE]"
+    p.feed(b"data: [DONE]\n\n", 3.0)
+    assert p.problem() is None
 
 
 # --- passes, minimum window, steady-state throughput -----------------------------------------
@@ -527,11 +540,11 @@ def test_min_duration_adds_whole_passes_until_the_window_is_reached() -> None:
 
 
 def test_open_loop_passes_shift_the_schedule() -> None:
-    assert bench._repeat_offsets([0.0, 1.0, 2.0], 2, 0.0) == [0.0, 1.0, 2.0, 3.0, 4.0, 5.0]
-    assert bench._repeat_offsets([0.0, 1.0, 2.0], 1, 7.0) == [
+    assert bench_plan.repeat_offsets([0.0, 1.0, 2.0], 2, 0.0) == [0.0, 1.0, 2.0, 3.0, 4.0, 5.0]
+    assert bench_plan.repeat_offsets([0.0, 1.0, 2.0], 1, 7.0) == [
         k * 3.0 + t for k in range(3) for t in (0.0, 1.0, 2.0)
     ]
-    assert bench._repeat_offsets([0.0], 3, 0.0) == [0.0, 0.0, 0.0]
+    assert bench_plan.repeat_offsets([0.0], 3, 0.0) == [0.0, 0.0, 0.0]
     wl = workload(3, 2, offsets=[0.0, 0.05, 0.1])
     with running_fake_server() as srv:
         m = run_bench(Endpoint(srv.url), wl, BenchOptions(repeats=1, passes=2))
@@ -546,7 +559,7 @@ def test_open_loop_passes_shift_the_schedule() -> None:
 def test_passes_and_min_duration_are_validated(field: str) -> None:
     bad = {"passes": 0, "min_duration_s": -1.0}[field]
     with pytest.raises(BenchError, match=field):
-        bench._plan(workload(2), BenchOptions(**{field: bad}))
+        bench_plan.make_plan(workload(2), BenchOptions(**{field: bad}))
 
 
 def _rec(send: float, chunks: list[float], tokens: int, finish: float) -> RequestRecord:

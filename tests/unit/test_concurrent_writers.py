@@ -12,8 +12,9 @@ import pytest
 
 from pytest_forge.errors import ForgeError
 from pytest_forge.fileio import LockTimeout, atomic_write, lock_path, locked
-from pytest_forge.pipeline import CaseResult, record_baseline
+from pytest_forge.pipeline import record_baseline
 from pytest_forge.recipe import MeasuredWith, Recipe
+from pytest_forge.results import CaseResult
 from pytest_forge.verdict import Verdict
 from tests.unit.concurrency import run_together, wait_for
 from tests.unit.test_tuner import RECIPE_YAML, fake_measurement

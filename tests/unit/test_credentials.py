@@ -194,10 +194,10 @@ def test_bench_sends_userinfo_as_basic_auth(
 ) -> None:
     """Before: aiohttp raised "ValueError: Cannot combine AUTHORIZATION header with AUTH
     argument or credentials encoded in URL"."""
-    from pytest_forge import bench
+    from pytest_forge import bench_client
 
     if transport == "h11":
-        monkeypatch.setattr(bench, "_fast_transport", lambda pool: None)
+        monkeypatch.setattr(bench_client, "fast_transport", lambda pool: None)
     elif importlib.util.find_spec("aiohttp") is None:
         pytest.skip("aiohttp not installed")
     fake.stats.auth_headers.clear()

@@ -13,15 +13,14 @@ from typing import Any
 import pytest
 
 from pytest_forge.errors import ForgeError
-from pytest_forge.html_report import (
+from pytest_forge.html_figures import (
     ParetoPoint,
     pareto_figure,
-    pareto_front,
     pareto_indices,
     throughput_figure,
-    tune_figure,
-    write_html_report,
 )
+from pytest_forge.html_report import write_html_report
+from pytest_forge.tune_figures import tune_figure
 from pytest_forge.verdict import Check, Verdict
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -148,6 +147,11 @@ def assert_png(path: Path) -> tuple[int, int]:
 
 
 # -- Pareto front ----------------------------------------------------------------------------
+
+
+def pareto_front(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """The front's points themselves, in front order."""
+    return [points[i] for i in pareto_indices(points)]
 
 
 def test_pareto_front_keeps_only_undominated_points_sorted_by_latency() -> None:

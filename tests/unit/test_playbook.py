@@ -8,17 +8,14 @@ import pytest
 
 from pytest_forge.errors import ForgeError
 from pytest_forge.hardware import GpuInfo, HostHardware
+from pytest_forge.tune.hardware_classes import HARDWARE_CLASSES, classify_hardware, hardware_class
 from pytest_forge.tune.playbook import (
-    HARDWARE_CLASSES,
-    ParamSpec,
-    SearchSpace,
-    classify_hardware,
-    hardware_class,
     load_playbook,
     playbook_show,
     playbook_validate,
     validate_playbook,
 )
+from pytest_forge.tune.search_space import ParamSpec, SearchSpace
 
 
 def _section(cls: str, body: str) -> str:

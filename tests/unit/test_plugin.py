@@ -329,3 +329,83 @@ def test_tune_with_a_bad_agent_spec_fails_each_slot_and_creates_no_run(
     assert "bogus" in out
     runs = project.path / ".forge" / "runs"
     assert not runs.exists() or list(runs.iterdir()) == []  # nothing to --forge-resume
+
+
+def test_forge_marker_selects_and_deselects_every_forge_test(project: pytest.Pytester) -> None:
+    project.makepyfile(test_other="def test_other():\n    pass\n")
+    (project.path / "recipes" / "broken.yaml").write_text("id: broken\nmodel: x\nhardwre: {}\n")
+
+    def ids(*args: str) -> list[str]:
+        result = project.runpytest_subprocess(
+            "--co", "-q", "-p", "no:cacheprovider", "--strict-markers", *args
+        )
+        assert result.ret == 0, result.stdout.str() + result.stderr.str()
+        return sorted(line for line in result.outlines if "::" in line)
+
+    gate = ids("-m", "forge")
+    assert "recipes/broken.yaml::recipe" in gate  # an error item is a forge test too
+    assert len(gate) == 5 and all(i.startswith("recipes/") for i in gate)
+    assert ids("-m", "not forge") == ["test_other.py::test_other"]
+    tune = ("--forge-tune", "--forge-agent=playbook", "--forge-budget=1")
+    tune_ids = ids("-m", "forge", *tune)
+    assert "recipes/alpha.yaml::tune[baseline]" in tune_ids
+    assert "recipes/beta.yaml::tune[winner]" in tune_ids
+    assert ids("-m", "not forge", *tune) == ["test_other.py::test_other"]
+    markers = project.runpytest_subprocess("--markers", "-p", "no:cacheprovider")
+    assert any(line.startswith("@pytest.mark.forge:") for line in markers.outlines)
+
+
+def test_outputs_are_written_without_the_terminal(
+    project: pytest.Pytester, fake: FakeServer
+) -> None:
+    # Before: written from the terminal summary, so -p no:terminal left only JUnit.
+    result = _run(project, fake, "-p", "no:terminal", "-k", "alpha", "--junitxml=junit.xml")
+    assert result.ret == 0, result.stderr.str()
+    (path,) = (project.path / ".forge" / "gate").glob("*/results.json")
+    doc = json.loads(path.read_text())
+    assert {(r["recipe"], r["workload"]) for r in doc["results"]} == {
+        ("alpha", "short"),
+        ("alpha", "long"),
+    }
+    assert set(_junit(project.path / "junit.xml")) == {"short", "long"}
+
+
+HEAVY = ("numpy", "httpx", "pydantic", "scipy", "aiohttp", "anthropic")
+# Prints the heavy modules (and pytest-forge's session module) loaded after running code.
+PROBE = (
+    "import sys\n{code}\n"
+    "print(sorted(m for m in sys.modules if m.split('.')[0] in {heavy!r}"
+    " or m == 'pytest_forge.session'))\n"
+)
+
+
+def _loaded_after(code: str, cwd: Path) -> list[str]:
+    import subprocess
+    import sys
+
+    out = subprocess.run(
+        [sys.executable, "-c", PROBE.format(code=code, heavy=HEAVY)],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    return json.loads(out.strip().splitlines()[-1].replace("'", '"'))
+
+
+def test_the_plugin_imports_nothing_heavy_until_a_recipe_is_collected(
+    pytester: pytest.Pytester,
+) -> None:
+    """pytest loads the plugin in every run: a repository without recipes (or with other
+    YAML under recipes/) must not pay for numpy, httpx, pydantic and the rest."""
+    assert _loaded_after("import pytest_forge.plugin", pytester.path) == []
+    pytester.makepyfile(test_one="def test_one():\n    pass\n")
+    (pytester.path / "recipes").mkdir()
+    (pytester.path / "recipes" / "pancakes.yaml").write_text("flour: 200g\n")
+    run = "import pytest\nassert pytest.main(['-q', '-p', 'no:cacheprovider']) == 0"
+    assert _loaded_after(run, pytester.path) == []
+    # ... and the probe sees them once a recipe is collected.
+    (pytester.path / "recipes" / "alpha.yaml").write_text(RECIPE.format(id="alpha"))
+    collect = "import pytest\npytest.main(['-q', '--co', '-p', 'no:cacheprovider'])"
+    loaded = _loaded_after(collect, pytester.path)
+    assert "pytest_forge.session" in loaded and "pydantic" in loaded

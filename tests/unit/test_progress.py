@@ -7,7 +7,7 @@ import io
 import pytest
 
 from pytest_forge.bench import Progress
-from pytest_forge.report import ProgressPrinter
+from pytest_forge.progress import ProgressPrinter
 
 
 class FakeReporter:

@@ -16,7 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from pytest_forge import cpu_affinity, server_process
+from pytest_forge import cpu_affinity, server_process, server_registry
 from pytest_forge import server as server_mod
 from pytest_forge.errors import ServerError
 from pytest_forge.server import VllmServer, detect_launcher, live_servers, stop_all
@@ -291,8 +291,10 @@ def test_sigterm_to_owner_stops_server_then_dies_by_sigterm(owner) -> None:
 
 def test_signal_handler_chains_previous_handler(monkeypatch) -> None:
     calls: list[str] = []
-    monkeypatch.setattr(server_mod, "stop_all", lambda: calls.append("stop_all"))
-    handler = server_mod._make_signal_handler(lambda signum, frame: calls.append(f"prev {signum}"))
+    monkeypatch.setattr(server_registry, "stop_all", lambda: calls.append("stop_all"))
+    handler = server_registry._make_signal_handler(
+        lambda signum, frame: calls.append(f"prev {signum}")
+    )
     handler(signal.SIGHUP, None)
     assert calls == ["stop_all", f"prev {int(signal.SIGHUP)}"]
 

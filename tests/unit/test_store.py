@@ -13,9 +13,9 @@ from typing import Any
 import pytest
 
 from pytest_forge.errors import ForgeError
-from pytest_forge.tune import store as store_mod
+from pytest_forge.tune.redact import REDACTED, redact
 from pytest_forge.tune.run_report import render_report
-from pytest_forge.tune.store import REDACTED, RunStore, redact
+from pytest_forge.tune.store import RunStore
 
 
 def _record(exp: int, status: str, **kw: Any) -> dict[str, Any]:
@@ -53,8 +53,8 @@ def test_create_numbers_runs_and_redacts_every_secret(tmp_path: Path) -> None:
     }
     first = RunStore.create(tmp_path, config)
     second = RunStore.create(tmp_path, {"recipe_id": "tiny"})
-    assert re.fullmatch(r"001_\d{4}-\d\d-\d\dT\d\d-\d\d-\d\d", first.name)
-    assert second.name.startswith("002_")
+    assert re.fullmatch(r"001_\d{4}-\d\d-\d\dT\d\d-\d\d-\d\d", first.path.name)
+    assert second.path.name.startswith("002_")
 
     text = (first.path / "config.json").read_text()
     assert "plain-secret" not in text
@@ -95,7 +95,7 @@ def test_append_fsyncs_the_file_and_on_creation_the_directory(
         synced.append(os.readlink(f"/proc/self/fd/{fd}"))
         real_fsync(fd)
 
-    monkeypatch.setattr(store_mod.os, "fsync", spy)
+    monkeypatch.setattr(os, "fsync", spy)
     jsonl = str((store.path / "experiments.jsonl").resolve())
     store.append_experiment(_record(0, "baseline"))
     assert jsonl in synced

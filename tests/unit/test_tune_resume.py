@@ -13,9 +13,10 @@ from pytest_forge.errors import ForgeError
 from pytest_forge.hardware import detect_hardware
 from pytest_forge.recipe import Recipe
 from pytest_forge.session import ForgeConfig
+from pytest_forge.tune.options import TuneOptions
 from pytest_forge.tune.settings import resumed_settings
 from pytest_forge.tune.store import RunStore
-from pytest_forge.tune.tuner import TuneOptions, Tuner
+from pytest_forge.tune.tuner import Tuner
 from pytest_forge.vllm_args import installed_vllm_version
 from tests.unit.test_plugin import CACHE, RECIPE, SIDE, _workload
 from tests.unit.test_tuner import SEQS_64, Landscape, ScriptedAgent, measured_with

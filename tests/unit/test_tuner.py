@@ -24,10 +24,12 @@ import pytest
 from pytest_forge.errors import AgentError, ForgeError, ServerError
 from pytest_forge.metrics import Measurement, RepeatSummary
 from pytest_forge.recipe import MeasuredWith, Recipe
+from pytest_forge.results import Evaluation
 from pytest_forge.tune import objective as obj
-from pytest_forge.tune.agent import AgentUsage, Proposal, ProposalContext
+from pytest_forge.tune.agent_types import AgentUsage, Proposal, ProposalContext
+from pytest_forge.tune.options import TuneOptions
 from pytest_forge.tune.store import RunStore
-from pytest_forge.tune.tuner import Evaluation, TuneOptions, Tuner, measurement_from_dict
+from pytest_forge.tune.tuner import Tuner
 from pytest_forge.verdict import Check, Verdict
 
 RECIPE_YAML = """\
@@ -454,7 +456,7 @@ def test_resume_returns_stored_outcomes_without_evaluating(
 
 def test_measurements_round_trip_through_the_store() -> None:
     m = fake_measurement("chat", [97.0, 100.0, 103.0])
-    back = measurement_from_dict(json.loads(json.dumps(m.to_dict())))
+    back = Measurement.from_dict(json.loads(json.dumps(m.to_dict())))
     assert back.median("output_throughput") == m.median("output_throughput")
     assert back.cv("output_throughput") == pytest.approx(m.cv("output_throughput"))
     assert back.headline() == m.headline()

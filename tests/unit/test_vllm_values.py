@@ -79,8 +79,10 @@ def write_aim(path: Path, blocks: dict[str, dict[str, str]]) -> Path:
 
 
 @pytest.fixture(autouse=True)
-def _fresh_memo() -> None:
-    vllm_values.clear_memo()
+def _fresh_memo(monkeypatch: pytest.MonkeyPatch) -> None:
+    # In-process answers and failures start empty in every test (the disk cache is per test).
+    monkeypatch.setattr(vllm_values, "_memo", {})
+    monkeypatch.setattr(vllm_values, "_failed", {})
 
 
 # ------------------------------------------------------------------ a fake vLLM interpreter
@@ -150,7 +152,7 @@ def test_many_recipes_one_subprocess_then_memo_then_disk(
 
     assert check_values(recipes, fake_spec, cache_dir=cache).problems == found.problems
     assert calls(fake_spec) == 1  # memoized in-process
-    vllm_values.clear_memo()
+    vllm_values._memo.clear()  # forget in-process answers; the disk cache stays
     assert check_values(recipes, fake_spec, cache_dir=cache).problems == found.problems
     assert calls(fake_spec) == 1  # from the disk cache
     cached = list((cache / "vllm-values-v1-vllm-9.9.0").glob("*.json"))

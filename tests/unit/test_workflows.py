@@ -268,20 +268,41 @@ def test_chosen_values_reach_scripts_only_through_env(path: Path) -> None:
             assert in_env or job_output or checkout_ref or keys[-1] in ("if", "group"), where
 
 
-VALIDATED_SHA = ("${{ steps.commit.outputs.sha }}", "${{ needs.pins.outputs.sha }}")
+VALIDATED_SHA = (
+    "${{ steps.commit.outputs.sha }}",
+    "${{ needs.commit.outputs.sha }}",
+    "${{ needs.pins.outputs.sha }}",
+)
+
+
+def needed(job: dict[str, Any]) -> list[str]:
+    return [job["needs"]] if isinstance(job.get("needs"), str) else job.get("needs", [])
 
 
 @pytest.mark.parametrize(
-    ("name", "job"), [("forge-gate.yml", "gate"), ("forge-upgrade.yml", "pins")]
+    ("name", "job"), [("forge-gate.yml", "commit"), ("forge-upgrade.yml", "pins")]
 )
 def test_the_commit_is_validated_before_anything_is_checked_out(name: str, job: str) -> None:
     data = load(name)
     sha = data["on"]["workflow_dispatch"]["inputs"]["sha"]
     assert sha["type"] == "string" and sha["required"] is False and sha["default"] == ""
-    first, checkout = steps(data["jobs"][job])[:2]
+    validator = data["jobs"][job]
+    first = steps(validator)[0]
     assert first["id"] == "commit" and first["env"] == {"SHA_INPUT": "${{ inputs.sha }}"}
-    assert checkout["uses"].startswith("actions/checkout@")
-    assert checkout["with"]["ref"] == "${{ steps.commit.outputs.sha }}"
+    assert validator["outputs"]["sha"] == "${{ steps.commit.outputs.sha }}"
+    # Every checkout of the workflow gets that validated SHA: after the step in its own
+    # job, or from the validating job's output in a job that needs it.
+    checkouts = 0
+    for other_name, other in data["jobs"].items():
+        for checkout in uses(other, "actions/checkout"):
+            checkouts += 1
+            if other_name == job:
+                assert steps(other).index(checkout) > 0
+                assert checkout["with"]["ref"] == "${{ steps.commit.outputs.sha }}"
+            else:
+                assert job in needed(other), other_name
+                assert checkout["with"]["ref"] == f"${{{{ needs.{job}.outputs.sha }}}}"
+    assert checkouts >= 2
 
 
 # ---------------------------------------------------------------------------- shell steps
@@ -411,10 +432,59 @@ def test_gate_runs_on_gpu_from_main_nightly_and_on_demand() -> None:
     assert set(on) == {"schedule", "workflow_dispatch"}
     assert on["schedule"]
     assert data["concurrency"]["cancel-in-progress"] is False
-    (gate,) = data["jobs"].values()
+    jobs = data["jobs"]
+    assert set(jobs) == {"commit", "gate", "merge"}
+    gate = jobs["gate"]
     assert gate["runs-on"] == GPU_LABELS
     assert gate["if"] == MAIN_ONLY
     assert gate["permissions"] == {"contents": "read"}
+    assert needed(gate) == ["commit"]
+    # Only the shards need the GPU: the sha check before them and the merge after are hosted.
+    assert {name for name, job in jobs.items() if is_gpu(job)} == {"gate"}
+    assert jobs["commit"]["runs-on"] == jobs["merge"]["runs-on"] == "ubuntu-latest"
+    assert jobs["commit"]["permissions"] == {}  # it checks a string: no token needed
+
+
+# Every gate run writes these (the pytest options and the files they name).
+GATE_OPTIONS = (
+    "--junitxml=forge-junit.xml",
+    "--benchmark-json=forge-benchmark.json",
+    "--forge-bench-json=forge-bench.json",
+    "--forge-report=forge-report",
+)
+
+
+def reports_written(script: str) -> set[str]:
+    """The files and directories a `.venv/bin/pytest ...` command leaves for upload."""
+    command = script[script.index(".venv/bin/pytest") :].replace("\\\n", " ")
+    written = {".forge/"}  # .forge/gate/<stamp>/: results.json and the vLLM server logs
+    for arg in shlex.split(command):
+        option, _, value = arg.partition("=")
+        if option in ("--junitxml", "--benchmark-json", "--forge-report"):
+            written.add(value)
+        elif option == "--forge-bench-json":
+            # The latencies go beside it, smaller-is-better: forge-bench.smaller.json.
+            stem, dot, suffix = value.rpartition(".")
+            written |= {value, f"{stem}.smaller{dot}{suffix}"}
+    return written
+
+
+@pytest.mark.parametrize("path", FILES, ids=lambda p: p.name)
+def test_every_report_a_pytest_run_writes_is_uploaded_always(path: Path) -> None:
+    for name, job in load(path.name)["jobs"].items():
+        runs = [s for s in steps(job) if s.get("run", "").lstrip().startswith(".venv/bin/")]
+        runs = [s for s in runs if ".venv/bin/pytest" in s["run"]]
+        if not runs:
+            continue
+        uploads = [u for u in uses(job, "actions/upload-artifact") if u.get("if") == "always()"]
+        uploaded = {p for u in uploads for p in u["with"]["path"].split()}
+        for step in runs:
+            missing = reports_written(step["run"]) - uploaded
+            assert not missing, f"{path.name} {name}: {sorted(missing)} not uploaded"
+            last = max(steps(job).index(u) for u in uploads)
+            assert steps(job).index(step) < last
+        # .forge/ is a dot-directory: without this the results and logs are left out.
+        assert all(u["with"]["include-hidden-files"] is True for u in uploads)
 
 
 @pytest.mark.parametrize(
@@ -422,14 +492,11 @@ def test_gate_runs_on_gpu_from_main_nightly_and_on_demand() -> None:
 )
 def test_gates_write_junit_bench_report_and_upload_them_always(name: str, job: str) -> None:
     gate = load(name)["jobs"][job]
-    for step in steps(gate):
-        if step.get("run", "").lstrip().startswith(".venv/bin/pytest"):
-            for option in (
-                "--junitxml=forge-junit.xml",
-                "--forge-bench-json=forge-bench.json",
-                "--forge-report=forge-report",
-            ):
-                assert option in step["run"]
+    gates = [s for s in steps(gate) if s.get("run", "").lstrip().startswith(".venv/bin/pytest")]
+    assert gates
+    for step in gates:
+        for option in GATE_OPTIONS:
+            assert option in step["run"]
     # The plugin writes its Markdown summary to GITHUB_STEP_SUMMARY, which Actions sets:
     # nothing may point it elsewhere.
     assert "GITHUB_STEP_SUMMARY" not in json.dumps(gate)
@@ -439,6 +506,7 @@ def test_gates_write_junit_bench_report_and_upload_them_always(name: str, job: s
     # --forge-bench-json=forge-bench.json writes the latencies to forge-bench.smaller.json.
     assert {
         "forge-junit.xml",
+        "forge-benchmark.json",
         "forge-bench.json",
         "forge-bench.smaller.json",
         "forge-report",
@@ -448,18 +516,18 @@ def test_gates_write_junit_bench_report_and_upload_them_always(name: str, job: s
 
 
 def test_gate_is_ab_for_a_named_commit_absolute_otherwise() -> None:
-    (gate,) = load("forge-gate.yml")["jobs"].values()
+    gate = load("forge-gate.yml")["jobs"]["gate"]
     (checkout,) = uses(gate, "actions/checkout")
     # Main's commits must be in the clone; no later fetch has credentials.
     assert checkout["with"]["fetch-depth"] == 0
     ab = step_running(gate, "--forge-ab-ref")
-    assert ab["if"] == "steps.commit.outputs.ab == 'true'"
+    assert ab["if"] == "needs.commit.outputs.ab == 'true'"
     # The job runs only on main, so github.ref_name is main.
     assert ab["env"] == {"BASE_REF": "${{ github.ref_name }}"}
     assert '"origin/$BASE_REF"' in ab["run"]
     gates = [s for s in steps(gate) if ".venv/bin/pytest" in s.get("run", "")]
     (absolute,) = [s for s in gates if s is not ab]
-    assert absolute["if"] == "steps.commit.outputs.ab != 'true'"
+    assert absolute["if"] == "needs.commit.outputs.ab != 'true'"
     assert "--forge-ab" not in absolute["run"]
     assert "--forge-update-baselines" not in run_text(gate)
     order = [steps(gate).index(s) for s in (checkout, step_running(gate, "setup.sh"), ab)]
@@ -475,22 +543,169 @@ def test_gate_pull_request_step_compares_with_where_the_base_meets_the_pr(
     fake.parent.mkdir(parents=True)
     fake.write_text('#!/bin/sh\nfor a in "$@"; do echo "arg:$a"; done\n')
     fake.chmod(0o755)
-    (gate,) = load("forge-gate.yml")["jobs"].values()
-    code, out, _ = run_step(step_running(gate, "--forge-ab-ref"), repo, {"BASE_REF": "main"})
+    gate = load("forge-gate.yml")["jobs"]["gate"]
+    env = {"BASE_REF": "main", "FORGE_SHARD": "2/3"}
+    code, out, _ = run_step(step_running(gate, "--forge-ab-ref"), repo, env)
     assert code == 0, out
     args = [line[4:] for line in out.splitlines() if line.startswith("arg:")]
     # Not origin/main's tip: main moved on after the pull request branched off.
     # "--opt=value": pytest would take a separate value that is a path for its rootdir.
     assert args[0] == f"--forge-ab-ref={base}"
-    code, out, _ = run_step(step_running(gate, "--forge-ab-ref"), repo, {"BASE_REF": "gone"})
+    assert "--forge-shard=2/3" in args
+    env = {"BASE_REF": "gone", "FORGE_SHARD": "2/3"}
+    code, out, _ = run_step(step_running(gate, "--forge-ab-ref"), repo, env)
     assert code != 0 and "arg:" not in out, "an unknown base must fail, not gate nothing"
+
+
+def test_gate_runs_as_a_matrix_of_shards() -> None:
+    gate = load("forge-gate.yml")["jobs"]["gate"]
+    strategy = gate["strategy"]
+    # A failing shard must not cancel the others: the merge reports every verdict.
+    assert strategy["fail-fast"] is False
+    # Shards 1..N and nothing else, so strategy.job-total is N.
+    assert set(strategy["matrix"]) == {"shard"}
+    shards = strategy["matrix"]["shard"]
+    assert len(shards) >= 2 and shards == list(range(1, len(shards) + 1))
+    # A shard without a recipe collects nothing, and pytest fails it (exit code 5).
+    assert len(shards) <= len(list((ROOT / "recipes").glob("*.yaml")))
+    assert gate["env"]["FORGE_SHARD"] == "${{ matrix.shard }}/${{ strategy.job-total }}"
+    gates = [s for s in steps(gate) if s.get("run", "").lstrip().startswith(".venv/bin/pytest")]
+    gates.append(step_running(gate, "--forge-ab-ref"))
+    for step in gates:
+        # "=": "1/2" as a separate argument could also be taken for a path.
+        assert '--forge-shard="$FORGE_SHARD"' in step["run"]
+    # One artifact per shard; a re-run of a shard replaces its own, never another's.
+    (upload,) = uses(gate, "actions/upload-artifact")
+    assert upload["with"]["name"] == "forge-gate-shard-${{ matrix.shard }}"
+    assert upload["with"]["overwrite"] is True
+
+
+def test_gate_absolute_step_passes_the_shard(tmp_path: Path) -> None:
+    if shutil.which("bash") is None:
+        pytest.skip("needs bash")
+    work = tmp_path / "work"
+    fake = work / ".venv" / "bin" / "pytest"
+    fake.parent.mkdir(parents=True)
+    fake.write_text('#!/bin/sh\nfor a in "$@"; do echo "arg:$a"; done\n')
+    fake.chmod(0o755)
+    gate = load("forge-gate.yml")["jobs"]["gate"]
+    (absolute,) = [s for s in steps(gate) if s.get("if") == "needs.commit.outputs.ab != 'true'"]
+    code, out, _ = run_step(absolute, work, {"FORGE_SHARD": "1/2"})
+    assert code == 0, out
+    args = [line[4:] for line in out.splitlines() if line.startswith("arg:")]
+    assert args == ["--forge-shard=1/2", *GATE_OPTIONS]
+
+
+# What `forge merge --out DIR` writes into DIR (docs: interfaces of issue 10).
+MERGED = {
+    "results.json",
+    "forge-junit.xml",
+    "forge-benchmark.json",
+    "forge-bench.json",
+    "forge-bench.smaller.json",
+    "forge-report",
+}
+
+
+def merge_step(merge: dict[str, Any]) -> dict[str, Any]:
+    return step_running(merge, "forge merge")
+
+
+def test_merged_files_are_what_forge_merge_writes() -> None:
+    from pytest_forge import merge as forge_merge
+
+    bench = forge_merge.ACTION_BENCHMARK_JSON
+    assert bench.endswith(".json")
+    written = {
+        forge_merge.RESULTS_JSON,
+        forge_merge.JUNIT_XML,
+        forge_merge.PYTEST_BENCHMARK_JSON,
+        bench,
+        bench.removesuffix(".json") + ".smaller.json",
+        forge_merge.REPORT_DIR,
+    }
+    assert written == MERGED
+
+
+def test_merge_job_is_hosted_least_privilege_and_runs_after_every_shard() -> None:
+    jobs = load("forge-gate.yml")["jobs"]
+    merge = jobs["merge"]
+    assert merge["runs-on"] == "ubuntu-latest"
+    assert merge["permissions"] == {"contents": "read"}
+    assert "environment" not in merge and "secrets." not in json.dumps(merge)
+    assert set(needed(merge)) == {"commit", "gate"}
+    # Also after a failed shard (that is when the summary matters), but not after a
+    # cancel (always() would) nor when the gate was skipped (not main, a refused sha).
+    condition = merge["if"]
+    assert "!cancelled()" in condition and "always()" not in condition
+    assert "needs.gate.result != 'skipped'" in condition
+    # The code that wrote the shards reads them: the validated commit.
+    (checkout,) = uses(merge, "actions/checkout")
+    assert checkout["with"]["ref"] == "${{ needs.commit.outputs.sha }}"
+    # pytest-forge and matplotlib, never vLLM.
+    install = step_running(merge, "pip install")
+    assert '".[report]"' in install["run"]
+    assert "vllm" not in install["run"] and "cpu" not in install["run"]
+    assert "setup.sh" not in run_text(merge)
+    # The merged summary lands on the run page: Actions sets GITHUB_STEP_SUMMARY.
+    assert "GITHUB_STEP_SUMMARY" not in json.dumps(merge)
+
+
+def test_merge_job_downloads_every_shard_and_uploads_every_merged_report() -> None:
+    jobs = load("forge-gate.yml")["jobs"]
+    merge = jobs["merge"]
+    (shard_upload,) = uses(jobs["gate"], "actions/upload-artifact")
+    (download,) = uses(merge, "actions/download-artifact")
+    pattern = download["with"]["pattern"]
+    prefix = shard_upload["with"]["name"].split("${{", 1)[0]
+    assert pattern == prefix + "*"
+    # Each shard into its own directory, so equal file names do not overwrite each other.
+    assert not download["with"].get("merge-multiple", False)
+    args = shlex.split(merge_step(merge)["run"])
+    assert args[:3] == ["forge", "merge", "--out"]
+    out = args[3]
+    assert args[4:] == [download["with"]["path"].rstrip("/") + "/" + pattern]
+    (upload,) = uses(merge, "actions/upload-artifact")
+    assert upload["if"] == "always()"
+    assert set(upload["with"]["path"].split()) == {f"{out}/{name}" for name in MERGED}
+    order = [
+        steps(merge).index(s)
+        for s in (
+            uses(merge, "actions/checkout")[0],
+            step_running(merge, "pip install"),
+            download,
+            merge_step(merge),
+            upload,
+        )
+    ]
+    assert order == sorted(order)
+
+
+def test_merge_step_names_each_downloaded_shard(tmp_path: Path) -> None:
+    if shutil.which("bash") is None:
+        pytest.skip("needs bash")
+    work = tmp_path / "work"
+    for n in (1, 2, 3):
+        (work / "shards" / f"forge-gate-shard-{n}").mkdir(parents=True)
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    fake = bin_dir / "forge"
+    fake.write_text('#!/bin/sh\nfor a in "$@"; do echo "arg:$a"; done\n')
+    fake.chmod(0o755)
+    merge = load("forge-gate.yml")["jobs"]["merge"]
+    env = {"PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
+    code, out, _ = run_step(merge_step(merge), work, env)
+    assert code == 0, out
+    args = [line[4:] for line in out.splitlines() if line.startswith("arg:")]
+    shards = [f"shards/forge-gate-shard-{n}" for n in (1, 2, 3)]
+    assert args == ["merge", "--out", "forge-gate", *shards]
 
 
 SHA = "0123456789abcdef0123456789abcdef01234567"
 
 
 @pytest.mark.parametrize(
-    ("name", "job"), [("forge-gate.yml", "gate"), ("forge-upgrade.yml", "pins")]
+    ("name", "job"), [("forge-gate.yml", "commit"), ("forge-upgrade.yml", "pins")]
 )
 @pytest.mark.parametrize(
     ("given", "expected"),
@@ -560,6 +775,27 @@ def test_docs_match_the_workflows() -> None:
     readme = (ROOT / "README.md").read_text()
     assert "### Repository settings this relies on" in readme
     assert "docs/ci-security.md" in readme
+    # The structure table names every job of the gate, hosted and GPU.
+    (row,) = [line for line in doc.splitlines() if line.startswith("| `forge-gate.yml`")]
+    for job in load("forge-gate.yml")["jobs"]:
+        assert f"`{job}`" in row, job
+
+
+def test_readme_names_every_uploaded_report() -> None:
+    readme = (ROOT / "README.md").read_text()
+    ci = readme[readme.index("\n## CI\n") :]
+    ci = ci[: ci.index("\n## ", 1)]
+    for path in FILES:
+        for job in load(path.name)["jobs"].values():
+            # The reports (uploaded always); not the tuned recipes handed to the PR job.
+            for upload in uses(job, "actions/upload-artifact"):
+                if upload.get("if") != "always()":
+                    continue
+                name = upload["with"]["name"].split("${{", 1)[0]
+                assert f"`{name}" in ci, name
+                for item in upload["with"]["path"].split():
+                    base = item.rstrip("/").split("/")[-1]
+                    assert (".forge/" if item == ".forge/" else f"`{base}") in ci, item
 
 
 REPO = "octo-org/forge"
@@ -670,9 +906,11 @@ def test_tune_passes_inputs_and_key_through_env() -> None:
         assert key not in json.dumps(others)
     assert "OPENROUTER_API_KEY" not in json.dumps(tune)
     (store,) = [
-        u for u in uses(tune, "actions/upload-artifact") if ".forge/runs/" in u["with"]["path"]
+        u for u in uses(tune, "actions/upload-artifact") if ".forge/" in u["with"]["path"].split()
     ]
     assert store["if"] == "always()"
+    assert "--forge-report=forge-tune-report" in step["run"]
+    assert {"forge-tune-junit.xml", "forge-tune-report"} <= set(store["with"]["path"].split())
 
 
 def agent_step_outputs(tmp_path: Path, given: str) -> tuple[int, str, dict[str, str]]:
