@@ -32,10 +32,13 @@ from pytest_forge.hardware import backend_name, detect_hardware
 from pytest_forge.metrics import Measurement
 from pytest_forge.pipeline import GateOptions, evaluate_recipe, measured_with
 from pytest_forge.recipe import Recipe
+from pytest_forge.results import Evaluation
 from pytest_forge.tune.agent import PlaybookAgent
-from pytest_forge.tune.playbook import hardware_class, load_playbook
+from pytest_forge.tune.hardware_classes import hardware_class
+from pytest_forge.tune.options import TuneOptions
+from pytest_forge.tune.playbook import load_playbook
 from pytest_forge.tune.store import RunStore
-from pytest_forge.tune.tuner import Evaluation, TuneOptions, Tuner
+from pytest_forge.tune.tuner import Tuner
 from pytest_forge.vllm_args import installed_vllm_version
 from pytest_forge.workload import load_workload
 

@@ -40,8 +40,9 @@ import yaml
 
 from pytest_forge.ab import SideEndpoint, run_ab_case
 from pytest_forge.hardware import backend_name, detect_hardware
-from pytest_forge.pipeline import CaseResult, GateOptions, baseline_from, measured_with, run_case
+from pytest_forge.pipeline import GateOptions, measured_with, run_case
 from pytest_forge.recipe import Recipe
+from pytest_forge.results import CaseResult, baseline_from
 from pytest_forge.server import VllmServer
 from pytest_forge.vllm_args import installed_vllm_version
 from pytest_forge.workload import load_workload

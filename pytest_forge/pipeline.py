@@ -26,11 +26,6 @@ from pytest_forge.fileio import locked
 from pytest_forge.metrics import Measurement
 from pytest_forge.recipe import MeasuredWith, Recipe
 from pytest_forge.results import CaseResult, Evaluation, baseline_from
-
-# TEMP re-export: CaseResult and its (de)serialisation moved to pytest_forge.results; these
-# keep `from pytest_forge.pipeline import ...` working until every caller imports from there.
-from pytest_forge.results import case_from_dict as case_from_dict  # TEMP re-export
-from pytest_forge.results import case_to_dict as case_to_dict  # TEMP re-export
 from pytest_forge.server import VllmServer
 from pytest_forge.slo import SLO
 from pytest_forge.verdict import Verdict, judge, tolerances

@@ -25,9 +25,10 @@ if TYPE_CHECKING:
     from pytest_forge.bench import Progress
     from pytest_forge.progress import ProgressPrinter
     from pytest_forge.session import ForgeSession
+    from pytest_forge.tune.records import ExperimentOutcome, TuneResult
     from pytest_forge.tune.settings import TuneSettings
     from pytest_forge.tune.store import RunStore
-    from pytest_forge.tune.tuner import ExperimentOutcome, Tuner, TuneResult
+    from pytest_forge.tune.tuner import Tuner
 
 
 @dataclass
@@ -189,7 +190,8 @@ def _recipe_tune(item: TuneItem) -> RecipeTune:
 
 def _new_recipe_tune(item: TuneItem, session: ForgeSession) -> RecipeTune:
     from pytest_forge.tune.agent import make_agent
-    from pytest_forge.tune.playbook import hardware_class, load_playbook
+    from pytest_forge.tune.hardware_classes import hardware_class
+    from pytest_forge.tune.playbook import load_playbook
     from pytest_forge.tune.settings import config_record, fresh_settings, resumed_settings
     from pytest_forge.tune.store import RunStore
     from pytest_forge.tune.tuner import Tuner

@@ -14,10 +14,6 @@ from pathlib import Path
 
 from pytest_forge.errors import ForgeError
 from pytest_forge.tune.hardware_classes import HARDWARE_CLASSES
-
-# TEMP re-export: hardware_class moved to hardware_classes.py; importable from here until
-# tune_items.py and benchmarks/tune_vs_grid.py import it from there.
-from pytest_forge.tune.hardware_classes import hardware_class as hardware_class  # TEMP re-export
 from pytest_forge.tune.playbook_parse import find_blocks, parse
 from pytest_forge.tune.search_space import SearchSpace
 from pytest_forge.yaml_io import YamlInputError, read_text

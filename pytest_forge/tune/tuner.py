@@ -335,15 +335,3 @@ class Tuner(TuneState):
             recipe=serving_setup(candidate) if candidate is not None else None,
             measurements={w: m.to_dict() for w, m in measurements.items()},
         )
-
-
-# TEMP re-export: Evaluation lives in pytest_forge.results, TuneOptions in tune.options and
-# ExperimentOutcome/TuneResult in tune.records; kept importable from here for callers that
-# have not moved yet (tune_items.py, benchmarks/tune_vs_grid.py).
-__all__ = [
-    "Evaluation",
-    "ExperimentOutcome",
-    "TuneOptions",
-    "TuneResult",
-    "Tuner",
-]

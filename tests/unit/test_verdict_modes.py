@@ -17,9 +17,10 @@ import yaml
 from pytest_forge.ab import SideEndpoint, recipe_at_ref, round_order, run_ab_case
 from pytest_forge.endpoint import Endpoint
 from pytest_forge.errors import ForgeError
-from pytest_forge.pipeline import CaseResult, GateOptions, run_case
+from pytest_forge.pipeline import GateOptions, run_case
 from pytest_forge.recipe import Recipe
 from pytest_forge.report import markdown_summary
+from pytest_forge.results import CaseResult
 from pytest_forge.workload import Workload, load_workload
 from tests.fakes.fake_openai_server import FakeServer, running_fake_server
 from tests.unit.test_plugin import CACHE, SIDE, _run, _workload
