@@ -33,6 +33,7 @@ from pytest_forge.metrics import Measurement
 from pytest_forge.pipeline import GateOptions, evaluate_recipe, measured_with
 from pytest_forge.recipe import Recipe
 from pytest_forge.results import Evaluation
+from pytest_forge.stats import compare_paired
 from pytest_forge.tune.agent import PlaybookAgent
 from pytest_forge.tune.hardware_classes import hardware_class
 from pytest_forge.tune.options import TuneOptions
@@ -157,34 +158,56 @@ def main(argv: list[str] | None = None) -> int:
     print(f"grid best:                    {g:8.1f} tok/s  {grid_best['changes']}")
     print(f"playbook best after {args.budget:2d} exps:  {t:8.1f} tok/s  = {t / g:.1%} of grid best")
     if args.confirm:
-        print(f"\nconfirmation: {args.confirm} alternating rounds, medians")
+        worst = min(grid.values(), key=lambda r: _throughput(r["measurements"]))
         configs = {
             "vLLM default": default,
+            "grid worst": recipes[worst["hash"]],
             "grid best": recipes[grid_best["hash"]],
             f"playbook best after {args.budget}": recipes[best_hash],
         }
-        rounds: dict[str, list[float]] = {name: [] for name in configs}
-        for r in range(args.confirm):
-            for name, recipe in configs.items():
-                ev = evaluate_recipe(
-                    recipe, workloads, log_dir, options, vllm_version=vllm, boot_timeout_s=900
-                )
-                rec = {
-                    "label": f"confirm {r + 1} {name}",
-                    "hash": recipe.content_hash,
-                    "error": ev.error,
-                    "measurements": {k: m.to_dict() for k, m in ev.measurements.items()},
-                }
-                with out.open("a") as fh:
-                    fh.write(json.dumps(rec) + "\n")
-                value = float("nan") if ev.error else _throughput(rec["measurements"])
-                rounds[name].append(value)
-                print(f"  round {r + 1} {name:24s} {recipe.content_hash} {value:8.1f} tok/s")
-        medians = {name: statistics.median(v) for name, v in rounds.items()}
-        gm = medians["grid best"]
-        for name, m in medians.items():
-            print(f"{name + ':':30s}{m:8.1f} tok/s  = {m / gm:.1%} of grid best  {rounds[name]}")
+        _confirm(configs, args.confirm, workloads, log_dir, options, vllm, out)
     return 0
+
+
+def _confirm(
+    configs: dict[str, Recipe],
+    rounds_n: int,
+    workloads: list,
+    log_dir: Path,
+    options: GateOptions,
+    vllm: str | None,
+    out: Path,
+) -> None:
+    """Re-measure the configs side by side: each round boots every config once, in an order
+    reversed every other round (ABBA), so a drift of the machine hits all alike; the
+    per-round ratios to the grid's best give paired intervals (stats.compare_paired)."""
+    print(f"\nconfirmation: {rounds_n} interleaved rounds (order reversed every other round)")
+    rounds: dict[str, list[float]] = {name: [] for name in configs}
+    names = list(configs)
+    for r in range(rounds_n):
+        for name in names if r % 2 == 0 else list(reversed(names)):
+            recipe = configs[name]
+            ev = evaluate_recipe(
+                recipe, workloads, log_dir, options, vllm_version=vllm, boot_timeout_s=900
+            )
+            rec = {
+                "label": f"confirm {r + 1} {name}",
+                "hash": recipe.content_hash,
+                "error": ev.error,
+                "measurements": {k: m.to_dict() for k, m in ev.measurements.items()},
+            }
+            with out.open("a") as fh:
+                fh.write(json.dumps(rec) + "\n")
+            value = float("nan") if ev.error else _throughput(rec["measurements"])
+            rounds[name].append(value)
+            print(f"  round {r + 1} {name:24s} {recipe.content_hash} {value:8.1f} tok/s")
+    best = rounds["grid best"]
+    for name, values in rounds.items():
+        line = f"{name + ':':30s}{statistics.median(values):8.1f} tok/s (median)"
+        if name != "grid best" and len(values) >= 2 and all(v > 0 for v in values + best):
+            c = compare_paired(best, values, higher_is_better=True, tolerance=0.05)
+            line += f"  = {c.ratio:.1%} of grid best, 95 % CI [{c.ci_low:.1%}, {c.ci_high:.1%}]"
+        print(f"{line}  rounds {[round(v) for v in values]}")
 
 
 if __name__ == "__main__":

@@ -124,8 +124,12 @@ def run_ab_case(
     *,
     reference_label: str,
     on_progress: Callable[[Progress], None] | None = None,
+    settled: Callable[[Measurement, Measurement], bool] | None = None,
 ) -> CaseResult:
-    """Interleave A and B on ``workload`` until the paired verdict is decided (or the limit)."""
+    """Interleave A and B on ``workload`` until the paired verdict is decided (or the limit).
+
+    ``settled(a, b)``, when given, decides instead when the rounds may stop: the tune's
+    confirmation asks whether its objective improved, not the gate's tolerances."""
     measured: dict[Side, Measurement | None] = {"A": None, "B": None}
     warmed: set[Side] = set()
 
@@ -188,6 +192,7 @@ def run_ab_case(
             vllm_a=a.vllm_version,
             vllm_b=b.vllm_version,
         )
-        if verdict.status != "inconclusive" or rounds >= limit:
+        done = verdict.status != "inconclusive" if settled is None else settled(a, b)
+        if done or rounds >= limit:
             break
     return CaseResult(recipe_b.id, workload.name, b, accuracy, verdict, reference=a)

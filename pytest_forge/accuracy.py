@@ -7,7 +7,7 @@ from __future__ import annotations
 import difflib
 import json
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -104,7 +104,7 @@ def score_outputs(
     workload: Workload,
     outputs: dict[str, str | None],
     scorer: str,
-    recorded: dict[str, str] | None,
+    recorded: Mapping[str, str] | None,
 ) -> AccuracyResult:
     """Mean score over the workload's requests.
 
@@ -177,7 +177,18 @@ def recorded_outputs_path(recipe_path: Path | str, workload_name: str) -> Path:
 
 def load_recorded_outputs(recipe_path: Path | str, workload_name: str) -> dict[str, str] | None:
     """The recorded outputs by request id, or None when none were recorded."""
-    path = recorded_outputs_path(recipe_path, workload_name)
+    return read_outputs_file(recorded_outputs_path(recipe_path, workload_name))
+
+
+def save_recorded_outputs(
+    recipe_path: Path | str, workload_name: str, outputs: Mapping[str, str]
+) -> Path:
+    """Write the outputs atomically (temp file, fsync, rename), sorted by id for clean diffs."""
+    return write_outputs_file(recorded_outputs_path(recipe_path, workload_name), outputs)
+
+
+def read_outputs_file(path: Path) -> dict[str, str] | None:
+    """Outputs by request id from a JSON-lines file of ``{"id", "text"}``; None when absent."""
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -203,11 +214,8 @@ def load_recorded_outputs(recipe_path: Path | str, workload_name: str) -> dict[s
     return recorded
 
 
-def save_recorded_outputs(
-    recipe_path: Path | str, workload_name: str, outputs: dict[str, str]
-) -> Path:
-    """Write the outputs atomically (temp file, fsync, rename), sorted by id for clean diffs."""
-    path = recorded_outputs_path(recipe_path, workload_name)
+def write_outputs_file(path: Path, outputs: Mapping[str, str]) -> Path:
+    """Outputs as JSON lines, sorted by id, written atomically (temp file, fsync, rename)."""
     text = "".join(
         json.dumps({"id": request_id, "text": outputs[request_id]}, ensure_ascii=False) + "\n"
         for request_id in sorted(outputs)
@@ -222,6 +230,7 @@ __all__ = [
     "choose_scorer",
     "compile_reference_patterns",
     "load_recorded_outputs",
+    "read_outputs_file",
     "recorded_outputs_path",
     "save_recorded_outputs",
     "score_agreement",
@@ -229,4 +238,5 @@ __all__ = [
     "score_exact",
     "score_outputs",
     "score_regex",
+    "write_outputs_file",
 ]

@@ -56,12 +56,14 @@ def _cmd_compare(args: argparse.Namespace) -> int:
 def _cmd_merge(args: argparse.Namespace) -> int:
     from pytest_forge.merge import merge
 
-    outcome = merge([Path(p) for p in args.inputs], Path(args.out))
+    outcome = merge([Path(p) for p in args.inputs], Path(args.out), strict=args.strict)
     for line in outcome.lines:
         print(line)
     for warning in outcome.warnings:
         print(f"forge merge: warning: {warning}", file=sys.stderr)
-    return 0
+    for error in outcome.errors:
+        print(f"forge merge: error: {error}", file=sys.stderr)
+    return 1 if outcome.errors else 0
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
@@ -113,10 +115,29 @@ def add_commands(sub: SubParsers) -> None:
         "forge-benchmark.json (pytest-benchmark), forge-bench.json and "
         "forge-bench.smaller.json (github-action-benchmark) and forge-report/ (when the "
         "shards wrote HTML reports); the Markdown summary is appended to "
-        "$GITHUB_STEP_SUMMARY when it is set. A test found in two shards is an error.",
+        "$GITHUB_STEP_SUMMARY when it is set. A test found in two shards is an error. "
+        "Completeness: a gate test a shard deselected for hardware (pytest "
+        "--forge-hardware-only) that no other shard ran is named and reported as not "
+        "measured; in strict mode the merge then exits 1 (after writing everything).",
     )
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="a shard's output directory")
     p.add_argument("--out", required=True, metavar="DIR", help="where the merged files go")
+    strictness = p.add_mutually_exclusive_group()
+    strictness.add_argument(
+        "--strict",
+        dest="strict",
+        action="store_true",
+        default=None,
+        help="exit 1 when a test some shard deselected for hardware ran on no runner "
+        "(the default when the CI environment variable is set)",
+    )
+    strictness.add_argument(
+        "--no-strict",
+        dest="strict",
+        action="store_false",
+        default=None,  # neither given: strict when CI is set (merge.strict_default)
+        help="only warn about tests that ran on no runner",
+    )
     p.set_defaults(func=_cmd_merge)
 
     p = sub.add_parser(

@@ -2,7 +2,8 @@
 
 This module assembles the page (summary, comparisons, failures, what was not measured, one
 section per tune run); the plots come from html_figures.py (``throughput.png``,
-``pareto.png``) and tune_figures.py (``tune-<n>-<run>.png`` and ``tune-<n>-<run>-pareto.png``).
+``pareto.png``) and tune_figures.py (``tune-<n>-<run>.png``, ``tune-<n>-<run>-pareto.png`` and,
+for objective pareto, ``tune-<n>-<run>-front.png``).
 Every string read from user files (recipe ids, workload names, rationales, run names) is
 HTML-escaped in the page.
 """
@@ -35,7 +36,7 @@ from pytest_forge.report import (
     summary_rows,
     unmeasured_reason,
 )
-from pytest_forge.tune_figures import read_run, tune_figure, tune_points
+from pytest_forge.tune_figures import front_figure, read_front, read_run, tune_figure, tune_points
 
 if TYPE_CHECKING:
     from pytest_forge.results import CaseResult
@@ -147,8 +148,42 @@ def _tune_table(records: Sequence[Mapping[str, Any]]) -> str:
     return "<table>\n" + "\n".join(rows) + "\n</table>"
 
 
+def _front_table(front: Mapping[str, Any]) -> str:
+    """Objective pareto: the front's points with their metrics and ready-to-commit files."""
+    rows = [
+        "<tr><th>exp</th><th>recipe</th><th>role</th><th>tok/s</th><th>TTFT p99 ms</th>"
+        "<th>TPOT p99 ms</th><th>accuracy</th><th>file</th></tr>"
+    ]
+    for p in front.get("points") or []:
+        if not isinstance(p, Mapping):
+            continue
+        role = "winner" if p.get("winner") else ("committed" if p.get("committed") else "front")
+        cells = [
+            (p.get(k), spec)
+            for k, spec in (
+                ("tok_s", ".1f"),
+                ("ttft_p99_ms", ".1f"),
+                ("tpot_p99_ms", ".2f"),
+                ("accuracy", ".3f"),
+            )
+        ]
+        values = "".join(
+            f'<td class="num">{"-" if num(v) is None else format(num(v), spec)}</td>'
+            for v, spec in cells
+        )
+        rows.append(
+            f'<tr><td class="num">{_esc(p.get("exp"))}</td><td>{_esc(p.get("recipe_id"))}</td>'
+            f"<td>{_esc(role)}</td>{values}<td>{_esc(p.get('file') or '-')}</td></tr>"
+        )
+    return "<table>\n" + "\n".join(rows) + "\n</table>"
+
+
 def _tune_section(
-    report_dir: Path, number: int, name: str, records: Sequence[Mapping[str, Any]]
+    report_dir: Path,
+    number: int,
+    name: str,
+    records: Sequence[Mapping[str, Any]],
+    front: Mapping[str, Any] | None = None,
 ) -> str:
     stem = f"tune-{number}-{_slug(name)}"
     parts = [f"<h2>Tune run {_esc(name)}</h2>"]
@@ -161,6 +196,11 @@ def _tune_section(
         title = f"Tune {name}: throughput vs p99 latency (Pareto front)"
         save_png(pareto_figure(points, latency_label, title), report_dir / pareto_png)
         parts.append(_figure(pareto_png, title))
+    if front is not None:  # objective pareto
+        front_png = f"{stem}-front.png"
+        save_png(front_figure(name, records, front), report_dir / front_png)
+        parts.append(_figure(front_png, f"Tune {name}: Pareto front"))
+        parts.append(_front_table(front))
     parts.append(_tune_table(records) if records else "<p>No experiments recorded.</p>")
     return "\n".join(parts)
 
@@ -185,7 +225,7 @@ def write_html_report(
 ) -> Path:
     """Write ``index.html`` and its PNGs into ``report_dir``; return the index path."""
     require_matplotlib()  # fail before anything is written
-    runs = [(Path(d).name, read_run(Path(d))) for d in tune_runs or []]
+    runs = [(Path(d).name, read_run(Path(d)), read_front(Path(d))) for d in tune_runs or []]
     report_dir = Path(report_dir)
     report_dir.mkdir(parents=True, exist_ok=True)
     generated = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
@@ -213,8 +253,8 @@ def write_html_report(
     else:
         body.append("<p>No benchmark results in this session.</p>")
     body.append(_unmeasured_html(unmeasured))
-    for number, (name, records) in enumerate(runs, start=1):
-        body.append(_tune_section(report_dir, number, name, records))
+    for number, (name, records, front) in enumerate(runs, start=1):
+        body.append(_tune_section(report_dir, number, name, records, front))
     page = (
         '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
         "<title>pytest-forge report</title>\n"

@@ -35,6 +35,9 @@ class RecipeFile(pytest.File):
     """``recipes/<id>.yaml``: its items share one vLLM server, torn down when pytest leaves."""
 
     recipe: Recipe | None = None
+    # Why this runner cannot run the recipe (its hardware or quantization), else None:
+    # its tests skip (or fail in strict mode), or --forge-hardware-only deselects them.
+    other_hardware: str | None = None
 
     def collect(self) -> Iterator[pytest.Item]:
         """The recipe's tests: one per workload (or tune slot), or one that fails with
@@ -51,7 +54,7 @@ class RecipeFile(pytest.File):
             return
         recipe = self.recipe
         add_group_mark(self, recipe.id)  # pytest-xdist: the recipe's tests on one worker
-        skip_reason = self._skip_reason(session)
+        skip_reason = self.other_hardware = self._skip_reason(session)
         try:
             check_recipe(recipe, session)
         except ForgeError as exc:

@@ -8,6 +8,12 @@ the HTML report and the Markdown step summary are rebuilt from the shards' resul
 same sinks a pytest run writes them with (sinks.py); the other formats are combined file
 by file (merge_formats.py). A test found in two shards stops the merge before anything is
 written; shards of different vLLM versions, commits or splits are warned about.
+
+Completeness: a shard run with ``--forge-hardware-only`` lists in its results.json the gate
+tests it deselected because its hardware cannot run them. Each of those must have run in
+some other shard (a runner of the right class); those that ran nowhere are named, added to
+the merged report as not measured, and fail the merge in strict mode (``--strict``, the
+default when the CI environment variable is set, as for the gate itself).
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from typing import Any
 from pytest_forge import merge_formats as fmt
 from pytest_forge.errors import ForgeError
 from pytest_forge.fileio import atomic_write
+from pytest_forge.hardware import comparable_hardware
 from pytest_forge.results_json import LoadedRun, is_results_document, load_results
 from pytest_forge.shard import Shard, parse_shard
 from pytest_forge.sinks import OutputOptions, build_sinks, step_summary_from_env, write_all
@@ -170,19 +177,35 @@ def _shards(docs: Sequence[dict[str, Any]]) -> list[Shard]:
     return sorted(found, key=lambda s: (s.count, s.index))
 
 
+def _runner_class(doc: Mapping[str, Any]) -> str | None:
+    """The hardware class a --forge-hardware-only shard ran on (its runners split that
+    class's recipes among themselves); None for a shard run without it."""
+    if doc.get("hardware_deselected") is None:
+        return None
+    return comparable_hardware(str(doc.get("hardware") or "unknown"))
+
+
 def _shard_warnings(docs: Sequence[dict[str, Any]]) -> list[str]:
-    shards = _shards(docs)
-    counts = {s.count for s in shards}
-    if len(counts) > 1:
-        listed = ", ".join(map(str, shards))
-        return [f"shards of different splits ({listed}): run every shard with one N"]
-    if not counts:
-        return []
-    n = counts.pop()
-    missing = [str(Shard(i, n)) for i in range(1, n + 1) if Shard(i, n) not in shards]
-    if not missing:
-        return []
-    return [f"shard {', '.join(missing)} missing: its recipes are not in the merge"]
+    """Splits that do not add up: within each runner class, one N and every I of it."""
+    by_class: dict[str | None, list[dict[str, Any]]] = {}
+    for doc in docs:
+        by_class.setdefault(_runner_class(doc), []).append(doc)
+    out = []
+    for runner_class, group in by_class.items():
+        on = f" on {runner_class}" if runner_class is not None else ""
+        shards = _shards(group)
+        counts = {s.count for s in shards}
+        if len(counts) > 1:
+            listed = ", ".join(map(str, shards))
+            out.append(f"shards of different splits{on} ({listed}): run every shard with one N")
+            continue
+        if not counts:
+            continue
+        n = counts.pop()
+        missing = [str(Shard(i, n)) for i in range(1, n + 1) if Shard(i, n) not in shards]
+        if missing:
+            out.append(f"shard {', '.join(missing)}{on} missing: its recipes are not in the merge")
+    return out
 
 
 def mismatches(files: ShardFiles) -> list[str]:
@@ -198,19 +221,103 @@ def mismatches(files: ShardFiles) -> list[str]:
     return out + files.skipped
 
 
+# -------------------------------------------------------------------------- completeness
+
+
+def _entries(doc: Mapping[str, Any], key: str) -> list[dict[str, Any]]:
+    value = doc.get(key)
+    return [e for e in value if isinstance(e, dict)] if isinstance(value, list) else []
+
+
+def not_run_anywhere(docs: Sequence[Mapping[str, Any]]) -> list[dict[str, str]]:
+    """The gate tests a shard deselected for hardware (--forge-hardware-only) that no shard
+    ran (as a result, or as a test that failed or skipped before measuring), in the order
+    found; each with every runner's reason, distinct ones joined by "; "."""
+    ran_pairs = {
+        (str(r.get("recipe")), str(r.get("workload"))) for d in docs for r in _entries(d, "results")
+    }
+    ran_tests = set()
+    for doc in docs:
+        # A merged file lists what ran nowhere both ways: those did not run.
+        unrun = {str(e.get("test")) for e in _entries(doc, "hardware_deselected")}
+        ran_tests |= {str(u.get("test")) for u in _entries(doc, "not_measured")} - unrun
+    found: dict[str, dict[str, str]] = {}
+    reasons: dict[str, list[str]] = {}
+    for doc in docs:
+        for entry in _entries(doc, "hardware_deselected"):
+            test, recipe, workload = (str(entry.get(k)) for k in ("test", "recipe", "workload"))
+            if test in ran_tests or (recipe, workload) in ran_pairs:
+                continue
+            found.setdefault(test, {"test": test, "recipe": recipe, "workload": workload})
+            reason = str(entry.get("reason") or "")
+            if reason and reason not in reasons.setdefault(test, []):
+                reasons[test].append(reason)
+    return [{**e, "reason": "; ".join(reasons.get(t, []))} for t, e in found.items()]
+
+
+def completeness_message(unrun: Sequence[Mapping[str, str]]) -> str:
+    """What ``forge merge`` says about the tests no runner ran: recipe by recipe, with
+    why each runner that collected it could not run it, and the fix."""
+    by_recipe: dict[str, list[Mapping[str, str]]] = {}
+    for entry in unrun:
+        by_recipe.setdefault(entry["recipe"], []).append(entry)
+    lines = [
+        f"{len(unrun)} gate test(s) of {len(by_recipe)} recipe(s) ran on no runner: every "
+        "shard that collected them deselected them for other hardware (--forge-hardware-only)"
+    ]
+    for recipe, entries in by_recipe.items():
+        workloads = ", ".join(e["workload"] for e in entries)
+        lines.append(f"  {recipe} ({workloads}): {entries[0]['reason'] or 'no reason given'}")
+    lines.append(
+        "  fix: add a runner class with that hardware to the gate's matrix (README: the GPU "
+        "runner the workflows expect), or take the recipe out of the gate"
+    )
+    return "\n".join(lines)
+
+
+def strict_default(environ: Mapping[str, str]) -> bool:
+    """Strict unless told otherwise when the CI environment variable is set: the rule the
+    gate's --forge-strict follows (options.py)."""
+    return environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
+
+
+def _unrun_as_unmeasured(unrun: Sequence[Mapping[str, str]], strict: bool) -> list[Any]:
+    """The tests no runner ran, as the merged report's not-measured tests: failed in strict
+    mode, as one runner would have failed them, else skipped."""
+    # session.py (where Unmeasured lives) brings httpx: imported only when needed.
+    from pytest_forge.session import Unmeasured
+
+    outcome = "failed" if strict else "skipped"
+    return [
+        Unmeasured(
+            e["test"],
+            outcome,
+            f"not run: every runner deselected it for other hardware ({e['reason']})",
+        )
+        for e in unrun
+    ]
+
+
 # -------------------------------------------------------------------------- writing
 
 
 def _write_results(
-    files: ShardFiles, runs: Sequence[LoadedRun], out_dir: Path, environ: Mapping[str, str]
+    files: ShardFiles,
+    runs: Sequence[LoadedRun],
+    out_dir: Path,
+    environ: Mapping[str, str],
+    unrun: Sequence[dict[str, str]] = (),
+    strict: bool = False,
 ) -> list[str]:
     """results.json, the step summary and (when a shard wrote one) the HTML report, by
-    the sinks a pytest run uses, fed every shard's results."""
+    the sinks a pytest run uses, fed every shard's results (and the tests no shard ran)."""
     results = [r for run in runs for r in run.results]
     results = fmt.file_order(results, lambda r: r.recipe_id)
     unmeasured = fmt.file_order(
-        [u for run in runs for u in run.unmeasured], lambda u: u.test.split("::", 1)[0]
+        [u for run in runs for u in run.unmeasured] + _unrun_as_unmeasured(unrun, strict),
+        lambda u: u.test.split("::", 1)[0],
     )
+    hardware_only = any(d.get("hardware_deselected") is not None for d in files.results_docs)
     options = OutputOptions(
         results_json=out_dir / RESULTS_JSON,
         step_summary=step_summary_from_env(environ),
@@ -218,6 +325,7 @@ def _write_results(
         hardware=", ".join(sorted({run.hardware for run in runs})) or "unknown",
         vllm_version=next((run.vllm_version for run in runs if run.vllm_version), None),
         shard="+".join(map(str, _shards(files.results_docs))) or None,
+        hardware_deselected=tuple(unrun) if hardware_only else None,
     )
     return write_all(build_sinks(options), results, unmeasured)
 
@@ -245,17 +353,23 @@ def _write_formats(files: ShardFiles, out_dir: Path) -> list[str]:
 
 @dataclass
 class MergeOutcome:
-    """What a merge found and did: lines to print, and warnings for stderr."""
+    """What a merge found and did: lines to print, warnings for stderr, and the errors
+    that fail it (tests no runner ran, in strict mode), written all the same."""
 
     lines: list[str]
     warnings: list[str]
+    errors: list[str] = field(default_factory=list)
 
 
 def merge(
-    inputs: Sequence[Path], out_dir: Path, environ: Mapping[str, str] = os.environ
+    inputs: Sequence[Path],
+    out_dir: Path,
+    environ: Mapping[str, str] = os.environ,
+    strict: bool | None = None,
 ) -> MergeOutcome:
     """Combine every shard output under ``inputs`` into ``out_dir``. ForgeError when
-    there is nothing to merge or a test is in two shards (nothing is written then)."""
+    there is nothing to merge or a test is in two shards (nothing is written then).
+    ``strict`` (None: when CI is set): tests no runner ran are errors, not warnings."""
     if any(Path(p).resolve() == out_dir.resolve() for p in inputs):
         raise ForgeError(f"--out {out_dir} is also an input: merge into another directory")
     files = find_shard_files(inputs, out_dir)
@@ -270,7 +384,8 @@ def merge(
         more = f"\n  ... and {len(twice) - 20} more" if len(twice) > 20 else ""
         raise ForgeError(
             f"{len(twice)} test(s) ran in more than one shard; were the shards run with "
-            f"the same --forge-shard N, each input once?\n  {shown}{more}"
+            "the same --forge-shard N, each input once, and does each recipe match one "
+            f"runner class's hardware (name its gpu_type)?\n  {shown}{more}"
         )
     found = (
         f"forge merge: {len(files.results)} results.json, {len(files.junit)} JUnit, "
@@ -278,11 +393,19 @@ def merge(
         f"github-action-benchmark file(s), {len(files.reports)} HTML report(s)"
     )
     runs = [load_results(p) for p in files.results]  # a bad one stops before any write
+    strict = strict_default(environ) if strict is None else strict
+    unrun = not_run_anywhere(files.results_docs)
     out_dir.mkdir(parents=True, exist_ok=True)
     lines = [found, *_write_formats(files, out_dir)]
     if runs:
-        lines += _write_results(files, runs, out_dir, environ)
-    return MergeOutcome(lines, mismatches(files))
+        lines += _write_results(files, runs, out_dir, environ, unrun, strict)
+    warnings = mismatches(files)
+    if not unrun:
+        return MergeOutcome(lines, warnings)
+    message = completeness_message(unrun)
+    if strict:
+        return MergeOutcome(lines, warnings, [message + "\n  (--no-strict: warn only)"])
+    return MergeOutcome(lines, [*warnings, message])
 
 
 __all__ = [
@@ -293,8 +416,11 @@ __all__ = [
     "RESULTS_JSON",
     "MergeOutcome",
     "ShardFiles",
+    "completeness_message",
     "duplicates",
     "find_shard_files",
     "merge",
     "mismatches",
+    "not_run_anywhere",
+    "strict_default",
 ]

@@ -1,19 +1,28 @@
 """The forge options (command line and ini file) and the ForgeConfig they resolve to.
 
 Imported when pytest loads the plugin, so it imports nothing heavy: the endpoint and the
-tune agent are checked (and their modules imported) only when those options are given.
+tune agent are checked (and their modules imported) only when those options are given; the
+checks themselves are in ``option_checks.py``.
 """
 
 from __future__ import annotations
 
-import os
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, cast
+from typing import TYPE_CHECKING, Any, Literal
 
 import pytest
 
+from pytest_forge.option_checks import (
+    LAYER_FLAGS,
+    check_ab,
+    check_agent,
+    check_dirs,
+    check_layers,
+    check_objective,
+    endpoint_option,
+    strict_mode,
+)
 from pytest_forge.shard import shard_value
 
 if TYPE_CHECKING:
@@ -124,6 +133,14 @@ OPTIONS: list[tuple[str, str, Any, Any, str]] = [
         "http(s)://host/v1#<model>, or playbook (default: Claude if ANTHROPIC_API_KEY is set)",
     ),
     ("--forge-budget", "forge_budget", int, 8, "tuning experiments per recipe"),
+    (
+        "--forge-tune-workloads",
+        "forge_tune_workloads",
+        str,
+        None,
+        "tune on these workloads only, comma-separated, e.g. crowd (default: the recipe's "
+        "workloads, else every workload)",
+    ),
     ("--forge-max-hours", "forge_max_hours", float, None, "wall-clock limit for a tune"),
     ("--forge-max-dollars", "forge_max_dollars", float, None, "LLM spend limit for a tune"),
     (
@@ -138,7 +155,7 @@ OPTIONS: list[tuple[str, str, Any, Any, str]] = [
         "forge_objective",
         str,
         "throughput",
-        "tuning objective: throughput, goodput or latency",
+        "tuning objective: throughput, goodput, latency or pareto",
     ),
     ("--forge-playbook", "forge_playbook", str, None, "custom playbook.md"),
     (
@@ -146,7 +163,29 @@ OPTIONS: list[tuple[str, str, Any, Any, str]] = [
         "forge_patience",
         int,
         3,
-        "converged after this many experiments in a row without a keep",
+        "a layer has converged after this many experiments in a row without a keep",
+    ),
+    (
+        "--forge-start-layer",
+        "forge_start_layer",
+        int,
+        1,
+        "tuning layer to start at: 1 serving config, 2 quantization, 3 kernels (scaffolded)",
+    ),
+    (
+        "--forge-max-config-experiments",
+        "forge_max_config_experiments",
+        int,
+        None,
+        "at most N experiments in layer 1 (serving config), then on to quantization even "
+        "if not converged",
+    ),
+    (
+        "--forge-max-quant-experiments",
+        "forge_max_quant_experiments",
+        int,
+        None,
+        "at most N experiments in layer 2 (quantization)",
     ),
 ]
 FLAGS: list[tuple[str, str, str]] = [
@@ -169,6 +208,21 @@ FLAGS: list[tuple[str, str, str]] = [
         "inconclusive, boot failure); the default when the CI environment variable is set",
     ),
     ("--forge-no-strict", "forge_no_strict", "report tests that were not judged, do not fail"),
+    ("--forge-skip-config", "forge_skip_config", "tune: skip layer 1 (serving config)"),
+    ("--forge-skip-quant", "forge_skip_quant", "tune: skip layer 2 (quantization)"),
+    (
+        "--forge-dry-run",
+        "forge_dry_run",
+        "tune: print each recipe's plan (layers, search spaces, hardware gates, the agent's "
+        "first proposals) without booting anything or writing a run",
+    ),
+    (
+        "--forge-hardware-only",
+        "forge_hardware_only",
+        "deselect the recipes this machine's hardware cannot run (other GPU type, count, "
+        "quantization), so strict mode judges only what this runner can; results.json lists "
+        "them for `forge merge`'s completeness check",
+    ),
 ]
 
 
@@ -187,6 +241,7 @@ class ForgeConfig:
     # Strict: a selected test that was not judged (no reference, skipped, inconclusive,
     # boot failure) fails. Default on when the CI environment variable is set.
     strict: bool = False
+    hardware_only: bool = False  # deselect recipes for other hardware (hardware_select.py)
     ab_ref: str | None = None  # A/B: side A is the recipe at this git ref
     ab_python: str | None = None  # A/B: side A runs this interpreter's vLLM
     ab_level: Literal["repeat", "boot"] = "repeat"
@@ -208,6 +263,16 @@ class ForgeConfig:
     playbook: Path | None = None
     resume: bool = False
     patience: int = 3
+    # --forge-tune-workloads: the workloads a new tune run measures (None: the recipe's).
+    # Named as config.json's key, so a resume can refuse a different list.
+    workloads: list[str] | None = None
+    # tune layers (tune/layers.py)
+    skip_config: bool = False
+    skip_quant: bool = False
+    start_layer: int = 1
+    max_config_experiments: int | None = None
+    max_quant_experiments: int | None = None
+    dry_run: bool = False  # print the tune's plan, boot and write nothing
     # The ini keys of the options given on the command line or in the ini file (not left
     # at their defaults): a resumed tune refuses those that differ from its stored config.
     explicit: frozenset[str] = frozenset()
@@ -263,6 +328,16 @@ def _value(config: pytest.Config, ini: str, typ: Any) -> Any:
     return value
 
 
+def _names(text: str | None) -> list[str] | None:
+    """A comma-separated list of names (``"crowd, chat"``), or None when not given."""
+    if text is None:
+        return None
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    if not names:
+        raise pytest.UsageError(f"--forge-tune-workloads: no workload named in {text!r}")
+    return names
+
+
 def build_config(config: pytest.Config) -> ForgeConfig:
     """Every option resolved (command line over ini over default), or a UsageError naming
     the option that is wrong."""
@@ -276,13 +351,14 @@ def build_config(config: pytest.Config) -> ForgeConfig:
         value = values[key]
         return None if value is None else (root / value).resolve()
 
-    strict = _strict(flags)
-    ab_level = _check_ab(values, tune, root)
-    objective = _check_objective(values["forge_objective"])
-    _check_dirs(config, root)
-    endpoint, endpoint_credentials = _endpoint_option(values["forge_endpoint"])
+    strict = strict_mode(flags)
+    ab_level = check_ab(values, tune, root)
+    objective = check_objective(values["forge_objective"])
+    check_dirs(config, root)
+    endpoint, endpoint_credentials = endpoint_option(values["forge_endpoint"])
     if tune:
-        _check_agent(values["forge_agent"])
+        check_agent(values["forge_agent"])
+    check_layers(values, flags, tune)
     max_repeats = values["forge_max_repeats"]
     if max_repeats is not None and max_repeats < 1:
         raise pytest.UsageError(f"--forge-max-repeats must be >= 1, got {max_repeats}")
@@ -299,6 +375,7 @@ def build_config(config: pytest.Config) -> ForgeConfig:
         repeats=values["forge_repeats"],
         max_repeats=max_repeats,
         strict=strict,
+        hardware_only=flags["forge_hardware_only"],
         ab_ref=values["forge_ab_ref"],
         ab_python=values["forge_ab_python"],
         ab_level=ab_level,
@@ -318,94 +395,17 @@ def build_config(config: pytest.Config) -> ForgeConfig:
         objective=objective,
         playbook=path("forge_playbook"),
         resume=flags["forge_resume"],
-        explicit=frozenset(ini for ini, value in values.items() if value is not None),
+        explicit=frozenset(ini for ini, value in values.items() if value is not None)
+        | {ini for ini in LAYER_FLAGS if flags[ini]},
         patience=values["forge_patience"] or 3,
+        workloads=_names(values["forge_tune_workloads"]),
+        skip_config=flags["forge_skip_config"],
+        skip_quant=flags["forge_skip_quant"],
+        start_layer=given("forge_start_layer", 1),
+        max_config_experiments=values["forge_max_config_experiments"],
+        max_quant_experiments=values["forge_max_quant_experiments"],
+        dry_run=flags["forge_dry_run"],
     )
-
-
-def _strict(flags: dict[str, bool]) -> bool:
-    if flags["forge_strict"] and flags["forge_no_strict"]:
-        raise pytest.UsageError("--forge-strict and --forge-no-strict contradict each other")
-    ci = os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
-    return flags["forge_strict"] or (ci and not flags["forge_no_strict"])
-
-
-def _check_dirs(config: pytest.Config, root: Path) -> None:
-    for key in ("forge_recipes", "forge_workloads"):
-        given = config.getoption(key)  # only when asked for: the default may well be absent
-        if given is not None and not (root / given).is_dir():
-            flag = "--" + key.replace("_", "-")
-            raise pytest.UsageError(f"{flag} {given}: no such directory under {root}")
-
-
-def _check_ab(values: dict[str, Any], tune: bool, root: Path) -> Literal["repeat", "boot"]:
-    """The A/B options checked; returns the interleaving level."""
-    ab_level = values["forge_ab_level"]
-    if ab_level not in (None, "repeat", "boot"):
-        raise pytest.UsageError(f"--forge-ab-level must be 'repeat' or 'boot', got {ab_level!r}")
-    ab = values["forge_ab_ref"] or values["forge_ab_python"]
-    if ab and values["forge_endpoint"]:
-        raise pytest.UsageError("A/B mode boots both sides itself: drop --forge-endpoint")
-    if ab and tune:
-        raise pytest.UsageError(
-            "--forge-ab-ref/--forge-ab-python gate recipes; not with --forge-tune"
-        )
-    python = values["forge_ab_python"]
-    if python and not (shutil.which(python) or Path(python).is_file()):
-        raise pytest.UsageError(f"--forge-ab-python {python}: no such interpreter")
-    if python and Path(python).is_file() and Path(python).absolute().parent == root:
-        # pytest took the separate value for its rootdir (and so lost the project's ini).
-        raise pytest.UsageError(
-            f"write --forge-ab-python={python} (with '='): as a separate argument pytest "
-            f"also took it as a path and chose {root} as its rootdir"
-        )
-    return cast("Literal['repeat', 'boot']", ab_level or _default_ab_level())
-
-
-def _default_ab_level() -> str:
-    # Two servers fit at once on the CPU path; on GPUs each recipe expects the whole device.
-    has_gpu = shutil.which("nvidia-smi") or shutil.which("rocm-smi")
-    return "boot" if has_gpu else "repeat"
-
-
-def _check_objective(objective: str | None) -> str:
-    if objective is None:
-        return "throughput"
-    from pytest_forge.tune.objective import OBJECTIVES
-
-    if objective not in OBJECTIVES:
-        raise pytest.UsageError(
-            f"--forge-objective {objective!r}: choose one of {', '.join(OBJECTIVES)}"
-        )
-    return objective
-
-
-def _check_agent(spec: str | None) -> None:
-    """A key over plain http off this machine is refused before anything runs (other
-    problems with a spec fail the tune's tests, which name them)."""
-    from pytest_forge.errors import ForgeError
-    from pytest_forge.tune.agent_spec import check_agent_transport, default_agent_spec
-
-    option = "--forge-agent" if spec else "the default agent"
-    try:
-        check_agent_transport(spec or default_agent_spec(os.environ), os.environ, option)
-    except ForgeError as e:
-        raise pytest.UsageError(str(e)) from None
-
-
-def _endpoint_option(url: str | None) -> tuple[str | None, Credentials | None]:
-    """--forge-endpoint without its user:password, and those; a usage error for a URL that
-    is not http(s), or that would send a credential over plain http off this machine."""
-    if not url:
-        return None, None
-    from pytest_forge.endpoint import ENDPOINT_KEY_ENV, parse_endpoint
-    from pytest_forge.errors import ForgeError
-
-    try:
-        endpoint = parse_endpoint(url, os.environ.get(ENDPOINT_KEY_ENV) or None)
-    except ForgeError as e:
-        raise pytest.UsageError(str(e)) from None
-    return endpoint.url, endpoint.credentials
 
 
 __all__ = ["CONFIG_KEY", "FLAGS", "OPTIONS", "ForgeConfig", "add_options", "build_config"]

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 
 import pytest
 
+from pytest_forge.hardware_select import deselection
 from pytest_forge.results import CaseResult
 from pytest_forge.session import forge_session
 from pytest_forge.shard import current_shard
@@ -22,6 +23,7 @@ def output_options(config: pytest.Config, ran: bool) -> OutputOptions:
     """
     session = forge_session(config)
     forge = session.config
+    deselected = deselection(config)
     return OutputOptions(
         results_json=session.run_dir / "results.json" if ran else None,
         bench_json=forge.bench_json,
@@ -31,6 +33,7 @@ def output_options(config: pytest.Config, ran: bool) -> OutputOptions:
         hardware=session.hardware.describe() if ran else "unknown",
         vllm_version=session.vllm_version if ran else None,
         shard=current_shard(config),
+        hardware_deselected=None if deselected is None else tuple(deselected.tests),
     )
 
 

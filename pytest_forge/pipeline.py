@@ -33,6 +33,7 @@ from pytest_forge.workload import Workload
 
 DEFAULT_REPEATS = 3
 DEFAULT_MAX_REPEATS = 20
+NO_REFERENCE_OUTPUTS_NOTE = "no reference outputs given for this workload"
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,10 @@ class GateOptions:
     tolerance: float | None = None
     update_baselines: bool = False
     kv_sample_interval_s: float = 0.0  # see BenchOptions.metrics_interval_s
+    # What agreement compares with, instead of the outputs recorded beside the recipe:
+    # workload -> request id -> text. A tune passes its experiment 0's outputs, measured
+    # on this host in this run, so a recording from other hardware judges no candidate.
+    reference_outputs: Mapping[str, Mapping[str, str]] | None = None
 
     def repeats_for(self, workload: Workload) -> int:
         """Timed repeats of the first pass: command line > workload sidecar > default."""
@@ -128,12 +133,21 @@ def run_case(
 def _score(
     recipe: Recipe, workload: Workload, measurement: Measurement, options: GateOptions
 ) -> tuple[AccuracyResult | None, list[str]]:
-    """The workload's accuracy scorer on the first repeat's outputs, against the recording."""
+    """The workload's accuracy scorer on the first repeat's outputs, against the recording
+    (or the options' ``reference_outputs`` when set)."""
     scorer = choose_scorer(workload, recipe.gates.accuracy_scorer)
-    recorded = load_recorded_outputs(recipe.path, workload.name) if recipe.path else None
-    accuracy = score_outputs(workload, measurement.outputs(), scorer, recorded) if scorer else None
+    if scorer is None:
+        return None, []
     notes: list[str] = []
-    if options.update_baselines and accuracy is not None and accuracy.scorer == "agreement":
+    if options.reference_outputs is not None:
+        reference = options.reference_outputs.get(workload.name)
+        accuracy = score_outputs(workload, measurement.outputs(), scorer, reference)
+        if accuracy.scorer == "agreement" and not reference:
+            accuracy = accuracy.model_copy(update={"note": NO_REFERENCE_OUTPUTS_NOTE})
+        return accuracy, notes
+    recorded = load_recorded_outputs(recipe.path, workload.name) if recipe.path else None
+    accuracy = score_outputs(workload, measurement.outputs(), scorer, recorded)
+    if options.update_baselines and accuracy.scorer == "agreement":
         # Updating re-records the greedy outputs, as a snapshot plugin's update flag
         # rewrites its snapshots: the new outputs are the reference, so agreement is
         # not gated now; how far they moved from the old recording is reported.

@@ -17,6 +17,7 @@ import pytest
 from pytest_forge.benchmark_bridge import register as register_benchmark_bridge
 from pytest_forge.endpoint import redact_text
 from pytest_forge.forge_item import MARKER_HELP
+from pytest_forge.hardware_select import WorkerHandOver, deselect_other_hardware
 from pytest_forge.options import CONFIG_KEY, add_options, build_config, forge_config
 from pytest_forge.recipe_files import covers_recipes, in_recipes_dir, is_recipe_file
 from pytest_forge.shard import select_shard
@@ -46,6 +47,8 @@ def pytest_configure(config: pytest.Config) -> None:
             "--forge-report needs matplotlib: pip install 'pytest-forge[report]'"
         )
     config.stash[CONFIG_KEY] = forge
+    if forge.hardware_only:  # pytest-xdist: the workers' deselections reach the controller
+        config.pluginmanager.register(WorkerHandOver(config), "forge-hardware-select")
     # pytest-xdist: keep a recipe's tests on one worker (one boot, one writer of its file),
     # and let the controller gather the workers' results for the summary.
     dist = getattr(config.option, "dist", "no")
@@ -70,7 +73,9 @@ def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Col
 
 @pytest.hookimpl(trylast=True)  # after -k/-m: the shards split what is selected
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """--forge-shard I/N: keep this shard's recipes."""
+    """--forge-hardware-only: drop the recipes this runner cannot run; then --forge-shard
+    I/N: keep this shard's share of the rest (so runners of one class share its recipes)."""
+    deselect_other_hardware(config, items)
     select_shard(config, items)
 
 
@@ -156,7 +161,8 @@ class _GateReports:
         session = forge_session(self.config)
         if tune is not None and self.from_workers:
             session.remote_tune_blocks.append(tune["block"])
-            session.remote_tune_runs.append(Path(tune["run_dir"]))
+            if tune["run_dir"]:  # a dry run's plan has none
+                session.remote_tune_runs.append(Path(tune["run_dir"]))
             session.results.extend(case_from_dict(c) for c in tune["cases"])
         if not getattr(report, "forge_gate", False):
             return

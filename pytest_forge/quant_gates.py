@@ -14,11 +14,15 @@ from typing import Any, Literal, Protocol
 from pytest_forge.gpu_models import amd_gfx, normalise_gpu_name, nvidia_compute_capability
 
 __all__ = [
+    "ONLINE_METHODS",
     "effective_kv_cache_dtype",
     "effective_quant_method",
+    "is_no_quant",
+    "is_online_method",
     "quant_supported",
     "quant_unsupported_reason",
     "recipe_quant_problem",
+    "same_scheme",
 ]
 
 _CDNA3_GFX = ("gfx940", "gfx941", "gfx942")
@@ -66,6 +70,37 @@ _QUANT_FAMILIES: dict[str, QuantFamily] = {
 }
 _NO_QUANT = ("none", "auto", "", "bf16", "bfloat16", "fp16", "float16")
 _NO_KV_QUANT = ("none", "auto", "")
+
+# The methods vLLM applies to a plain BF16/FP16 checkpoint while loading it ("online"
+# quantization). Every other method (awq, gptq, compressed-tensors, modelopt, ...) reads
+# weights a quantization tool already wrote: on a plain checkpoint vLLM fails to boot, and
+# on a checkpoint quantized another way it refuses the mismatch.
+ONLINE_METHODS: tuple[str, ...] = ("fp8", "ptpc_fp8")
+
+
+def is_no_quant(method: str) -> bool:
+    """True for the values that pass no --quantization (none, auto, the plain dtypes)."""
+    return str(method or "").strip().lower() in _NO_QUANT
+
+
+def is_online_method(method: str) -> bool:
+    """True when vLLM can quantize a plain checkpoint with ``method`` at load time."""
+    return str(method or "").strip().lower() in ONLINE_METHODS
+
+
+def _scheme_key(method: str) -> str:
+    key = str(method or "").strip().lower().replace("_", "-")
+    # vLLM's Marlin kernels are another way to run the same checkpoints.
+    for suffix in ("-marlin-24", "-marlin"):
+        key = key.removesuffix(suffix)
+    return key
+
+
+def same_scheme(checkpoint_method: str, method: str) -> bool:
+    """Whether ``--quantization method`` may run a checkpoint quantized with
+    ``checkpoint_method`` (awq_marlin runs an awq checkpoint; fp8 an fp8 one)."""
+    return _scheme_key(checkpoint_method) == _scheme_key(method)
+
 
 # The lowest NVIDIA compute capability per family, from vLLM's quantization support matrix
 # (https://docs.vllm.ai/en/latest/features/quantization/, "Supported Hardware": Turing =

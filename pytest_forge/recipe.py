@@ -367,6 +367,10 @@ class Recipe(StrictModel):
         data = self.model_dump(mode="python")
         for dotted, value in changes.items():
             section, _, key = dotted.partition(".")
+            if dotted == "model" and value is not None:
+                # The tune's layer 2 may switch to a pre-quantized checkpoint of the model.
+                data["model"] = value
+                continue
             if dotted in _CHANGEABLE_QUANT:
                 if value is None:
                     data["quant"].pop(key, None)
@@ -378,7 +382,7 @@ class Recipe(StrictModel):
                     self._path,
                     dotted,
                     "cannot be changed: use config.<arg>, compilation.<field>, "
-                    "quant.method, quant.kv_cache_quant or env.<NAME>",
+                    "quant.method, quant.kv_cache_quant, env.<NAME> or model",
                 )
             target = data.get(section) or {}
             if value is None:

@@ -8,7 +8,7 @@ entry's ``case`` (the full :func:`~pytest_forge.results.case_to_dict` form) and 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -29,6 +29,7 @@ def results_document(
     unmeasured: Sequence[Unmeasured] = (),
     vllm_now: str | None = None,
     shard: str | None = None,
+    hardware_deselected: Sequence[Mapping[str, str]] | None = None,
 ) -> dict[str, Any]:
     """The gate run's results.json, which ``forge compare`` and ``forge merge`` read."""
     from pytest_forge import __version__
@@ -39,6 +40,12 @@ def results_document(
         or vllm_now,
         "hardware": hardware,
         "shard": shard,  # "I/N" for a --forge-shard run (forge merge checks the set)
+        # --forge-hardware-only: the gate tests deselected as this runner cannot run them
+        # (test, recipe, workload, reason); forge merge checks another runner ran each.
+        # null: the option was off. A merged file lists those no runner ran.
+        "hardware_deselected": None
+        if hardware_deselected is None
+        else [dict(d) for d in hardware_deselected],
         **judged_counts(results, unmeasured),
         "not_measured": [asdict(u) for u in unmeasured],
         "results": [_entry(r) for r in results],

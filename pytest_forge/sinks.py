@@ -69,19 +69,26 @@ class ResultsJsonSink(_Collecting):
         hardware: str,
         vllm_version: str | None = None,
         shard: str | None = None,
+        hardware_deselected: Sequence[Mapping[str, str]] | None = None,
     ) -> None:
         super().__init__()
         self.path = Path(path)
         self.hardware = hardware
         self.vllm_version = vllm_version
         self.shard = shard
+        self.hardware_deselected = hardware_deselected
 
     def finish(self) -> list[str]:
         """Write results.json when any gate test ran."""
         if not self.ran:
             return []
         doc = results_document(
-            self.results, self.hardware, self.unmeasured, self.vllm_version, self.shard
+            self.results,
+            self.hardware,
+            self.unmeasured,
+            self.vllm_version,
+            self.shard,
+            self.hardware_deselected,
         )
         atomic_write(self.path, json.dumps(doc, indent=2))
         return [f"forge: results in {self.path} (compare runs with `forge compare A B`)"]
@@ -168,6 +175,8 @@ class OutputOptions:
     hardware: str = "unknown"
     vllm_version: str | None = None  # when no result says which vLLM measured it
     shard: str | None = None  # --forge-shard "I/N"; a merge's "1/2+2/2"
+    # --forge-hardware-only's deselected gate tests (None: off); a merge's: those no shard ran
+    hardware_deselected: tuple[Mapping[str, str], ...] | None = None
 
 
 def step_summary_from_env(environ: Mapping[str, str] = os.environ) -> Path | None:
@@ -182,7 +191,11 @@ def build_sinks(options: OutputOptions) -> list[Sink]:
     if options.results_json is not None:
         sinks.append(
             ResultsJsonSink(
-                options.results_json, options.hardware, options.vllm_version, options.shard
+                options.results_json,
+                options.hardware,
+                options.vllm_version,
+                options.shard,
+                options.hardware_deselected,
             )
         )
     if options.bench_json is not None:

@@ -12,6 +12,7 @@ import pytest
 
 from pytest_forge import report
 from pytest_forge.endpoint import redact_text, redact_url
+from pytest_forge.hardware_select import summary_line
 from pytest_forge.session import ForgeSession
 
 
@@ -57,6 +58,9 @@ def write_summary(
         line = report.judged_line(counts, session.config.strict)
         loud = counts["not_judged"] and not session.config.strict
         terminal.write_line(line, yellow=bool(loud), bold=bool(loud))
+    deselected = summary_line(config)
+    if deselected:
+        terminal.write_line(deselected)
     for line in output_lines:
         terminal.write_line(line)
     if session.boots:

@@ -1,8 +1,11 @@
-"""The HTML report's plots of a tune run: score per experiment, and its Pareto points.
+"""The HTML report's plots of a tune run: score per experiment, its Pareto points, and the
+front of an objective-pareto run.
 
 ``tune_figure`` draws each experiment's score (kept, rejected, crashed or unscored) with the
 running best; ``tune_points`` turns the measured experiments into points for
-:func:`~pytest_forge.html_figures.pareto_figure`.
+:func:`~pytest_forge.html_figures.pareto_figure`; ``front_figure`` draws an objective-pareto
+run's experiments as throughput vs p99 TTFT (ratios to experiment 0) with its front
+(``front.json``, see ``tune/pareto.py``) ringed and the winner starred.
 """
 
 from __future__ import annotations
@@ -36,6 +39,13 @@ BEST_COLOR = "#1f77b4"
 _UNSCORED_Y = 0.045
 MEASURED_STATUSES = ("baseline", "kept", "rejected")
 KEPT_STATUSES = ("baseline", "kept")
+
+
+def read_front(run_dir: Path) -> dict[str, Any] | None:
+    """An objective-pareto run's ``front.json``; None for other runs (or none written yet)."""
+    from pytest_forge.tune.store import RunStore
+
+    return RunStore(run_dir).front()
 
 
 def read_run(run_dir: Path) -> list[dict[str, Any]]:
@@ -237,3 +247,129 @@ def tune_points(records: Sequence[Mapping[str, Any]]) -> tuple[list[ParetoPoint]
         for label, wl, h in heads
     ]
     return points, axis_label
+
+
+def _front_coordinates(
+    records: Sequence[Mapping[str, Any]],
+) -> dict[int, tuple[float, float]]:
+    """Each measured experiment's (p99 TTFT, throughput) as ratios to experiment 0."""
+    from pytest_forge.tune.pareto import point_from_record
+
+    if not records or records[0].get("status") != "baseline":
+        return {}
+    out: dict[int, tuple[float, float]] = {}
+    for r in records:
+        if r.get("status") not in MEASURED_STATUSES:
+            continue
+        point = point_from_record(r, records[0])
+        ttft = point.ratios.get("ttft_p99_ms") if point is not None else None
+        if point is None or not ttft:  # None or 0: never measured, nothing to draw
+            continue
+        # Back to the metric's own direction: candidate / experiment 0.
+        out[point.exp] = (1.0 / ttft, point.throughput)
+    return out
+
+
+def front_figure(
+    run_name: str, records: Sequence[Mapping[str, Any]], front: Mapping[str, Any]
+) -> Figure:
+    """Throughput vs p99 TTFT of every measured experiment (× experiment 0), the front's
+    points ringed and labelled, the winner starred, experiment 0 a diamond.
+
+    The front is over throughput, p99 TTFT, p99 TPOT and accuracy, so a front point may
+    look beaten in these two axes: it wins on another.
+    """
+    fig = new_figure()
+    ax = fig.add_subplot()
+    xy = _front_coordinates(records)
+    entries = [p for p in front.get("points") or [] if isinstance(p, Mapping)]
+    on_front = {p.get("exp") for p in entries}
+    winner = front.get("winner")
+    status = {r.get("exp"): r.get("status") for r in records}
+    off = [e for e in xy if e not in on_front]
+    kept_off = [e for e in off if status.get(e) in KEPT_STATUSES]
+    rejected = [e for e in off if e not in kept_off]
+    if rejected:
+        ax.scatter(
+            [xy[e][0] for e in rejected],
+            [xy[e][1] for e in rejected],
+            s=50,
+            facecolors="none",
+            edgecolors=REJECTED_COLOR,
+            linewidths=1.4,
+            zorder=2,
+            label="rejected",
+        )
+    if kept_off:
+        ax.scatter(
+            [xy[e][0] for e in kept_off],
+            [xy[e][1] for e in kept_off],
+            s=50,
+            color=KEPT_COLOR,
+            alpha=0.5,
+            zorder=2,
+            label="kept, since pushed off the front",
+        )
+    drawn = [e for e in xy if e in on_front]
+    if drawn:
+        ax.scatter(
+            [xy[e][0] for e in drawn],
+            [xy[e][1] for e in drawn],
+            s=120,
+            color=KEPT_COLOR,
+            edgecolors="black",
+            linewidths=1.6,
+            zorder=3,
+            label="Pareto front",
+        )
+        for e in drawn:
+            ax.annotate(
+                mpl_text(f"exp {e}"),
+                xy[e],
+                xytext=(7, 5),
+                textcoords="offset points",
+                fontsize=9,
+            )
+    if 0 in xy:
+        ax.scatter(
+            [xy[0][0]],
+            [xy[0][1]],
+            marker="D",
+            s=60,
+            color=BEST_COLOR,
+            zorder=4,
+            label="committed recipe (exp 0)",
+        )
+    if isinstance(winner, int) and winner in xy:
+        ax.scatter(
+            [xy[winner][0]],
+            [xy[winner][1]],
+            marker="*",
+            s=320,
+            color="#ffbf00",
+            edgecolors="black",
+            zorder=5,
+            label=f"winner (exp {winner})",
+        )
+    if not xy:
+        ax.text(
+            0.5,
+            0.5,
+            "no experiment has both a throughput and a p99 TTFT",
+            transform=ax.transAxes,
+            ha="center",
+            va="center",
+            fontsize=12,
+        )
+    ax.set_xlabel("p99 TTFT (× committed recipe; lower is better)", fontsize=11)
+    ax.set_ylabel("output throughput (× committed recipe; higher is better)", fontsize=11)
+    ax.set_title(
+        mpl_text(f"Tune {run_name}: Pareto front (throughput, TTFT, TPOT, accuracy)"),
+        fontsize=13,
+    )
+    if ax.get_legend_handles_labels()[0]:
+        legend_below(fig, *ax.get_legend_handles_labels())
+    ax.margins(x=0.15, y=0.15)
+    style_axes(ax)
+    ax.grid(True, axis="x", alpha=0.3)
+    return fig

@@ -3,8 +3,9 @@ and the winner's confirmation — driving the Tuner through the gate's own pipel
 
 from __future__ import annotations
 
+import dataclasses
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -17,7 +18,7 @@ from pytest_forge.pipeline import GateOptions, evaluate_recipe
 from pytest_forge.recipe import Recipe
 from pytest_forge.results import Evaluation, case_to_dict
 from pytest_forge.session import forge_session
-from pytest_forge.workload import discover_workloads, load_workload
+from pytest_forge.workload import discover_workloads
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -26,6 +27,7 @@ if TYPE_CHECKING:
     from pytest_forge.progress import ProgressPrinter
     from pytest_forge.session import ForgeSession
     from pytest_forge.tune.records import ExperimentOutcome, TuneResult
+    from pytest_forge.tune.reference_outputs import Evaluate, ReferenceOutputs
     from pytest_forge.tune.settings import TuneSettings
     from pytest_forge.tune.store import RunStore
     from pytest_forge.tune.tuner import Tuner
@@ -42,6 +44,8 @@ class RecipeTune:
 # Per recipe file: its tune, or the ForgeError its set-up failed with (raised again by
 # every later slot, so a bad option creates no run directory per slot).
 _TUNES_KEY = pytest.StashKey[dict[str, "RecipeTune | ForgeError"]]()
+# --forge-dry-run: each recipe's plan, printed in the terminal summary.
+_PLANS_KEY = pytest.StashKey[list[str]]()
 
 
 def _tunes(config: pytest.Config) -> list[RecipeTune]:
@@ -71,6 +75,7 @@ def tune_header(session: ForgeSession) -> str:
             if c.resume
             else ""
         )
+        + ("; dry run: plans only, nothing booted or written" if c.dry_run else "")
     )
 
 
@@ -102,6 +107,8 @@ def tune_items(
     session = forge_session(parent.config)
     budget = _budget(session, recipe)
     names = ["baseline"] + [f"{i:02d}" for i in range(1, budget + 1)] + ["winner"]
+    if session.config.dry_run:
+        names = ["plan"]  # one test per recipe: prints the plan, boots nothing
     for name in names:
         item = TuneItem.from_parent(
             parent, name=f"tune[{name}]", slot=name, recipe=recipe, check_error=check_error
@@ -113,30 +120,22 @@ def tune_items(
 
 def _make_evaluate(
     session: ForgeSession, config: pytest.Config, log_dir: Path, settings: TuneSettings
-) -> Callable[[Recipe], Evaluation]:
+) -> Evaluate:
     """Evaluate a candidate through the gate's path: one boot, every workload, then stop;
-    measured as the run's settings say (a resumed run: as it began)."""
-    available = discover_workloads(settings.workloads_dir)
+    measured as the run's settings say (a resumed run: as it began); agreement judged
+    against ``reference_outputs`` (the run's experiment 0) when given."""
+    from pytest_forge.tune_confirm import tune_workloads
+
     # max_repeats=1: the tuner compares candidates itself (objective.py), so a candidate's
     # run never grows repeats to settle a comparison with the committed baselines.
     options = GateOptions(
         repeats=settings.repeats, accuracy_floor=settings.accuracy_floor, max_repeats=1
     )
 
-    def evaluate(candidate: Recipe) -> Evaluation:
-        if settings.workloads is not None:
-            names = list(settings.workloads)
-            missing = [n for n in names if n not in available]
-            if missing:
-                raise ForgeError(
-                    f"the tune run measures workloads {', '.join(missing)}, which are no "
-                    f"longer in {settings.workloads_dir}"
-                )
-        else:
-            names = candidate.workloads if candidate.workloads is not None else list(available)
-        workloads = [load_workload(available[n]) for n in names if n in available]
-        if not workloads:
-            raise ForgeError(f"recipe {candidate.id}: none of its workloads {names} exist")
+    def evaluate(
+        candidate: Recipe, reference_outputs: ReferenceOutputs | None = None
+    ) -> Evaluation:
+        workloads = tune_workloads(settings, candidate)  # the same list the A/B confirms on
         session.boots += 1
         # The status line: "booting" until the first workload runs, then one per workload.
         printers = [_progress(config, candidate.id)]
@@ -152,7 +151,7 @@ def _make_evaluate(
                 candidate,
                 workloads,
                 log_dir,
-                options,
+                dataclasses.replace(options, reference_outputs=reference_outputs),
                 vllm_version=session.vllm_version,
                 boot_timeout_s=settings.boot_timeout_s,
                 progress=progress,
@@ -168,6 +167,22 @@ def _progress(config: pytest.Config, label: str) -> ProgressPrinter:
     from pytest_forge.progress import progress_printer
 
     return progress_printer(config, label)
+
+
+def _new_run_workloads(
+    chosen: list[str] | None, recipe: Recipe, available: Mapping[str, Path]
+) -> list[str]:
+    """The workloads a new tune run measures: --forge-tune-workloads, else the recipe's,
+    else every workload; a name that is not a workload is an error naming the known ones."""
+    if chosen is None:
+        return list(recipe.workloads) if recipe.workloads is not None else list(available)
+    missing = [n for n in chosen if n not in available]
+    if missing:
+        raise ForgeError(
+            f"--forge-tune-workloads: no workload {', '.join(missing)} in the workloads "
+            f"directory (known: {', '.join(sorted(available)) or 'none'})"
+        )
+    return list(chosen)
 
 
 def _recipe_tune(item: TuneItem) -> RecipeTune:
@@ -195,6 +210,8 @@ def _new_recipe_tune(item: TuneItem, session: ForgeSession) -> RecipeTune:
     from pytest_forge.tune.settings import config_record, fresh_settings, resumed_settings
     from pytest_forge.tune.store import RunStore
     from pytest_forge.tune.tuner import Tuner
+    from pytest_forge.tune_confirm import make_confirm
+    from pytest_forge.tune_plan import layer_spaces
 
     recipe = item.recipe
     if session.config.endpoint_url:
@@ -217,7 +234,7 @@ def _new_recipe_tune(item: TuneItem, session: ForgeSession) -> RecipeTune:
         item.config.add_cleanup(store.release)
     else:
         available = discover_workloads(settings.workloads_dir)
-        workloads = recipe.workloads if recipe.workloads is not None else list(available)
+        workloads = _new_run_workloads(session.config.workloads, recipe, available)
         record = config_record(
             session.config, recipe.id, recipe.path, spec, workloads, hardware,
             session.vllm_version,
@@ -238,6 +255,8 @@ def _new_recipe_tune(item: TuneItem, session: ForgeSession) -> RecipeTune:
             search_space=search_space,
             evaluate=_make_evaluate(session, item.config, store.server_log_dir, settings),
             measured_with=session.measured_with,
+            confirm=make_confirm(session, settings, item.config),  # interleaved A/B of the winner
+            layer_spaces=layer_spaces(session, recipe, hw_class, search_space),
         )
     except BaseException:
         store.release()
@@ -262,6 +281,9 @@ class TuneItem(ForgeItem):
         """Run this slot of the tune (the first slot sets the tune up)."""
         if self.check_error:
             raise ForgeFailure(self.check_error)
+        if self.slot == "plan":
+            self._plan()
+            return
         tune = _recipe_tune(self)
         if self.slot == "baseline":
             outcome = tune.tuner.run_baseline()
@@ -271,6 +293,18 @@ class TuneItem(ForgeItem):
         else:
             outcome = tune.tuner.run_slot(int(self.slot))
         self._report(outcome)
+
+    def _plan(self) -> None:
+        """--forge-dry-run: this recipe's tune plan, shown in the terminal summary."""
+        from pytest_forge.tune_plan import dry_run_plan
+
+        session = forge_session(self.config)
+        spec, why = _agent_spec(session)
+        text = dry_run_plan(session, self.recipe, spec, why, _resumable_store(session, self.recipe))
+        print(text)
+        self.config.stash.setdefault(_PLANS_KEY, []).append(text)
+        if hasattr(self.config, "workerinput"):  # to the pytest-xdist controller
+            self.forge_tune = {"block": text, "run_dir": None, "cases": []}
 
     def _report(self, outcome: ExperimentOutcome) -> None:
         self.user_properties.append(("forge_status", outcome.status))
@@ -318,7 +352,11 @@ class TuneItem(ForgeItem):
                         )
             confirmation.cases[0].notes.append(
                 f"{tune.tuner.recipe.id}: the rows above are the tune winner's confirmation "
-                "run, compared with the baselines committed before the tune"
+                + (
+                    "run, compared with the baselines committed before the tune"
+                    if result.ab is None
+                    else "A/B, side A the committed recipe in the same interleaved rounds"
+                )
             )
             forge_session(self.config).results.extend(confirmation.cases)
         if hasattr(self.config, "workerinput"):
@@ -353,5 +391,5 @@ def _tune_block(tune: RecipeTune) -> str:
 
 def tune_summary(config: pytest.Config) -> str:
     """Each tuned recipe's block, here or on pytest-xdist workers."""
-    blocks = [_tune_block(tune) for tune in _tunes(config)]
+    blocks = [_tune_block(tune) for tune in _tunes(config)] + config.stash.get(_PLANS_KEY, [])
     return "\n\n".join(blocks + forge_session(config).remote_tune_blocks)

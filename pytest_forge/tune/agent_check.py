@@ -3,7 +3,8 @@
 Every agent's proposal passes here before the tuner sees it: the search space, the
 hardware's GPU count and quantization gates, settings vLLM would refuse at startup,
 no-ops, known crashes and recipes already measured. The reason a proposal is refused is
-written for the LLM that made it, which is asked again with it.
+written for the LLM that made it, which is asked again with it. An unambiguous bare name
+(``max_num_seqs``) is read as its key, with a note the run store keeps.
 """
 
 from __future__ import annotations
@@ -13,7 +14,9 @@ from typing import TYPE_CHECKING, Any
 
 from pytest_forge.errors import ForgeError
 from pytest_forge.hardware import recipe_quant_problem
+from pytest_forge.suggest import name_hint, nearest
 from pytest_forge.tune.agent_types import Proposal, ProposalContext, snippet
+from pytest_forge.tune.checkpoint_quant import checkpoint_quant_problem
 from pytest_forge.tune.search_space import same_value
 
 if TYPE_CHECKING:
@@ -84,21 +87,65 @@ def _same_changes(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
     return a.keys() == b.keys() and all(same_value(a[k], b[k]) for k in a)
 
 
-def _canonical(ctx: ProposalContext, changes: Mapping[str, Any]) -> tuple[dict[str, Any], str]:
-    """The changes with values in their listed form, or ({}, why one is off the space)."""
+def _resolve_key(ctx: ProposalContext, key: str) -> tuple[str | None, str]:
+    """The search-space key ``key`` names, with a note when it was a bare name
+    (``max_num_seqs`` for ``config.max_num_seqs``); or (None, why it names none).
+
+    A bare name is read as the one key it ends with: an LLM that drops the section of an
+    unambiguous name meant that key, and a re-ask would only cost an attempt. A bare name
+    two sections share is refused, naming both: guessing there would be a coin toss.
+    """
+    space = ctx.search_space
+    if key in space.params:
+        return key, ""
+    legal = ", ".join(space.ordered_keys())
+    if "." not in key:
+        matches = [k for k in space.ordered_keys() if k.partition(".")[2] == key]
+        if len(matches) == 1:
+            return matches[0], f"{key} read as {matches[0]}"
+        if matches:
+            return None, (
+                f"'{key}' is ambiguous in the {ctx.hardware_class} search space: it could be "
+                f"{' or '.join(matches)}; give the full dotted key (legal keys: {legal})"
+            )
+    return None, (
+        f"'{key}' is not in the {ctx.hardware_class} search space "
+        f"({name_hint(_nearest_key(space.ordered_keys(), key))}; legal keys: {legal})"
+    )
+
+
+def _nearest_key(keys: list[str], key: str) -> str | None:
+    """The legal key nearest ``key``, comparing bare names too (``max_num_seq``)."""
+    by_name: dict[str, str] = {k: k for k in keys}
+    for k in keys:
+        by_name.setdefault(k.partition(".")[2] or k, k)
+    near = nearest(key, by_name)
+    return by_name[near] if near is not None else None
+
+
+def _canonical(
+    ctx: ProposalContext, changes: Mapping[str, Any]
+) -> tuple[dict[str, Any], list[str], str]:
+    """The changes under their full keys with values in their listed form, and a note per
+    bare name read as a key; or ({}, [], why one is off the space)."""
     space = ctx.search_space
     canonical: dict[str, Any] = {}
-    for key, value in changes.items():
-        if key not in space.params:
-            return {}, (
-                f"'{key}' is not in the {ctx.hardware_class} search space "
-                f"(legal keys: {', '.join(space.ordered_keys())})"
-            )
+    named_as: dict[str, str] = {}  # full key -> the name the answer gave it
+    notes: list[str] = []
+    for given, value in changes.items():
+        key, note = _resolve_key(ctx, given)
+        if key is None:
+            return {}, [], note
+        if key in named_as:
+            return {}, [], f"'{named_as[key]}' and '{given}' both name {key}: give it once"
+        named_as[key] = given
         try:
             canonical[key] = space.canonical(key, value)
         except ValueError as e:
-            return {}, str(e)
-    return canonical, ""
+            return {}, [], str(e)
+        if note:
+            notes.append(note)
+    return canonical, notes, ""
 
 
 def _history_problem(ctx: ProposalContext, changes: Mapping[str, Any]) -> str | None:
@@ -118,7 +165,8 @@ def _candidate_problem(ctx: ProposalContext, candidate: Recipe) -> str | None:
     quant = recipe_quant_problem(candidate, ctx.hardware)
     if quant:
         return f"{quant[0]} is not allowed on this hardware: {quant[1]}"
-    refusal = _vllm_would_refuse(candidate)
+    refusal = checkpoint_quant_problem(candidate, ctx.search_space)
+    refusal = refusal or _vllm_would_refuse(candidate)
     if refusal:
         return refusal
     digest = candidate.content_hash
@@ -135,7 +183,7 @@ def check_proposal(ctx: ProposalContext, proposal: Proposal) -> Checked:
     """The proposal with values in their listed form, or (None, why it is refused)."""
     if not proposal.changes:
         return None, "the proposal has no changes: propose at least one"
-    canonical, off_space = _canonical(ctx, proposal.changes)
+    canonical, notes, off_space = _canonical(ctx, proposal.changes)
     if off_space:
         return None, off_space
     problem = _hardware_gate(ctx.hardware, canonical, ctx.recipe.hardware.count)
@@ -149,7 +197,8 @@ def check_proposal(ctx: ProposalContext, proposal: Proposal) -> Checked:
     problem = _candidate_problem(ctx, candidate)
     if problem:
         return None, problem
-    return Proposal(rationale=proposal.rationale, changes=canonical), None
+    notes = [*proposal.notes, *notes]
+    return Proposal(rationale=proposal.rationale, changes=canonical, notes=tuple(notes)), None
 
 
 def validate_proposal(ctx: ProposalContext, proposal: Proposal) -> str | None:

@@ -19,11 +19,12 @@ from pytest_forge.tune.search_space import same_value
 if TYPE_CHECKING:
     from pytest_forge.tune.playbook import Playbook
 
-__all__ = ["PlaybookAgent"]
+__all__ = ["PlaybookAgent", "crashed_changes"]
 
 Move = tuple[str, Any, str]  # key, value, rationale
 
 _BEST = ("baseline", "kept")
+_MEASURED = ("baseline", "kept", "rejected")
 _STEP_WORDS = {
     (1, "up"): "next value up",
     (1, "down"): "next value down",
@@ -31,7 +32,10 @@ _STEP_WORDS = {
     (1, "set"): "unset so far",
     (2, "up"): "two-step jump up",
     (2, "down"): "two-step jump down",
+    (1, "switch"): "another checkpoint",
 }
+# The one key whose values are alternatives, not a scale: each is one step away.
+_CHECKPOINT_KEY = "model"
 
 
 def _is_number(value: Any) -> bool:
@@ -83,6 +87,46 @@ def _neighbours(values: list[Any], current: Any, distance: int) -> Iterator[tupl
             yield v, "set"
 
 
+def _switches(values: list[Any], current: Any, distance: int) -> Iterator[tuple[Any, str]]:
+    """Another checkpoint (``model``): every other listed one, in order; one step only."""
+    if distance == 1:
+        for v in values:
+            if not same_value(v, current):
+                yield v, "switch"
+
+
+def _same_change(a: Any, b: Any) -> bool:
+    """A stored change's value against a listed one (a JSON "2" for a listed 2)."""
+    if same_value(a, b):
+        return True
+    plain = not isinstance(a, bool) and not isinstance(b, bool)
+    return (
+        plain
+        and isinstance(a, (str, int, float))
+        and isinstance(b, (str, int, float))
+        and (str(a) == str(b))
+    )
+
+
+def crashed_changes(ctx: ProposalContext) -> list[tuple[str, Any]]:
+    """The key=value changes that crashed the server, never to be proposed again.
+
+    A crash is information: a change that crashed alone is refused alone and in any pair,
+    in every later slot; a member of a crashed set is refused too unless it booted in an
+    experiment of its own (then the other member is to blame).
+    """
+    booted = [(k, v) for e in ctx.history if e.status in _MEASURED for k, v in e.changes.items()]
+    crashed: list[tuple[str, Any]] = []
+    for entry in ctx.history:
+        if entry.status != "crashed":
+            continue
+        for key, value in entry.changes.items():
+            known_good = any(k == key and _same_change(v, value) for k, v in booted)
+            if len(entry.changes) == 1 or not known_good:
+                crashed.append((key, value))
+    return crashed
+
+
 class PlaybookAgent:
     """Offline, deterministic cyclic coordinate search over the playbook's space.
 
@@ -92,7 +136,9 @@ class PlaybookAgent:
     from an older best are tried again from the new one (parameters interact). Then
     two-step jumps. When no single move is left untried, pairs of moves, the pair whose
     two moves lost least on their own first (e.g. chunked prefill off only pays with a
-    bigger token budget). The tuner refuses anything already measured.
+    bigger token budget). A change that crashed the server is never proposed again, alone
+    or in a pair; ``model`` (a pre-quantized checkpoint, layer 2) tries each listed
+    checkpoint in turn. The tuner refuses anything already measured.
 
     Everything is derived from the context (history, tried hashes), so a resumed run
     makes the same proposal as the uninterrupted one would have.
@@ -121,9 +167,12 @@ class PlaybookAgent:
         )
 
     def _candidates(self, ctx: ProposalContext) -> Iterator[Proposal]:
+        crashed = crashed_changes(ctx)
         moves: list[Move] = []  # distance-1 moves, for the pairs
         for distance in (1, 2):
             for key, value, text in self._moves(ctx, distance):
+                if any(k == key and _same_change(v, value) for k, v in crashed):
+                    continue  # it crashed the server: not alone, not in a pair
                 if distance == 1:
                     moves.append((key, value, text))
                 yield Proposal(rationale=text, changes={key: value})
@@ -133,7 +182,7 @@ class PlaybookAgent:
         """Single-parameter moves ``distance`` steps away, from the last moved parameter on."""
         space = ctx.search_space
         keys = space.ordered_keys()
-        current = flatten_recipe(ctx.recipe)
+        current = {**flatten_recipe(ctx.recipe), _CHECKPOINT_KEY: ctx.recipe.model}
         singles = [e for e in ctx.history if len(e.changes) == 1 and next(iter(e.changes)) in keys]
         start = keys.index(next(iter(singles[-1].changes))) if singles else 0
         best = _best_score(ctx)
@@ -141,7 +190,8 @@ class PlaybookAgent:
         for key in keys[start:] + keys[:start]:
             spec = space.params[key]
             cur = current.get(key, spec.default)
-            for value, direction in _neighbours(list(spec.values), cur, distance):
+            steps = _switches if key == _CHECKPOINT_KEY else _neighbours
+            for value, direction in steps(list(spec.values), cur, distance):
                 shown = json.dumps(value)
                 move = f"{json.dumps(cur)} -> {shown}" if cur is not None else f"set {shown}"
                 text = (

@@ -86,7 +86,8 @@ def build_prompt(ctx: ProposalContext, playbook: Playbook) -> tuple[str, str]:
         f"Hardware class: {ctx.hardware_class}" + (f" ({note})" if note else ""),
         f"Objective (higher score is better): {ctx.objective}",
         "",
-        f"Legal search space for {ctx.hardware_class} (dotted recipe keys):",
+        f"Legal search space for {ctx.hardware_class} in tuning layer {ctx.layer} "
+        "(1 serving config, 2 quantization; dotted recipe keys):",
         _yaml_block(ctx.search_space.to_prompt_dict()),
         "",
         f"Best recipe so far (content hash {ctx.recipe.content_hash}):",

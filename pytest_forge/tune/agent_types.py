@@ -34,6 +34,9 @@ class Proposal:
 
     rationale: str
     changes: dict[str, Any]
+    # What the validation read differently from the answer ("max_num_seqs read as
+    # config.max_num_seqs"); the experiment's record keeps them.
+    notes: tuple[str, ...] = ()
 
 
 @dataclass
@@ -78,6 +81,7 @@ class ProposalContext:
     history: list[HistoryEntry] = field(default_factory=list)
     objective: str = "output_throughput"
     tried_hashes: set[str] = field(default_factory=set)
+    layer: int = 1  # the tuning layer (tune/layers.py); search_space holds its keys only
 
 
 @runtime_checkable

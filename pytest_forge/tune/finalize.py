@@ -1,5 +1,12 @@
-"""The end of a tune: re-measure the best candidate, and write it into ``recipes/`` only if
-it holds up; either way the run is marked completed with what happened."""
+"""The end of a tune: confirm the best candidate, and write it into ``recipes/`` only if
+it holds up; either way the run is marked completed with what happened.
+
+With a ``confirm`` callable (a pytest tune: ``pytest_forge.tune_confirm``) the winner and
+the committed recipe run interleaved A/B rounds on this runner, and the winner is written
+only when the combined ratio's interval lies above 1.0 and its floors hold; its baselines
+are side B's A/B measurements. Without one (unit tests' fakes) the winner is re-measured
+once and scored against experiment 0.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +19,9 @@ from pytest_forge.metrics import Measurement
 from pytest_forge.recipe import Lineage, Recipe
 from pytest_forge.results import Evaluation, baseline_from
 from pytest_forge.tune import objective as obj
+from pytest_forge.tune.confirmation import ABConfirmation
 from pytest_forge.tune.records import TuneResult, crash_summary, floor_failures, snippet
+from pytest_forge.tune.reference_outputs import record_exp0_outputs
 from pytest_forge.tune.state import TuneState
 from pytest_forge.tune.writeback import WriteBackConflict, write_back
 
@@ -24,7 +33,8 @@ class _Confirmed:
     score: float
     measurements: Mapping[str, Measurement]
     accuracy: Mapping[str, float | None]
-    evaluation: Evaluation | None  # the re-measurement, when it ran
+    evaluation: Evaluation | None  # the re-measurement (or the A/B's cases), when it ran
+    ab: ABConfirmation | None = None
 
 
 @dataclass(frozen=True)
@@ -35,10 +45,12 @@ class _Refused:
     confirmed: float | None = None
     confirmation: Evaluation | None = None
     confirmation_error: str | None = None
+    ab: ABConfirmation | None = None
 
 
 def finalize(state: TuneState, remeasure: bool = True) -> TuneResult:
-    """Confirm the best candidate by re-measuring it, then write it to the recipe file.
+    """Confirm the best candidate (interleaved A/B when the state has ``confirm``, else one
+    re-measurement), then write it to the recipe file.
 
     ``remeasure=False`` trusts the tune's own measurement of the winner (stored with it,
     so this works after a resume too). Idempotent: a second call returns the first result.
@@ -69,7 +81,10 @@ def finalize(state: TuneState, remeasure: bool = True) -> TuneResult:
     if state.recipe.path is None:
         return _untouched(state, f"winner {best_id} found but the recipe has no file")
 
-    confirmed = _remeasured(state) if remeasure else _as_tuned(state)
+    if remeasure and state.confirm is not None:
+        confirmed = _ab_confirmed(state)
+    else:
+        confirmed = _remeasured(state) if remeasure else _as_tuned(state)
     if isinstance(confirmed, _Refused):
         return _untouched(
             state,
@@ -77,6 +92,7 @@ def finalize(state: TuneState, remeasure: bool = True) -> TuneResult:
             confirmed=confirmed.confirmed,
             confirmation=confirmed.confirmation,
             confirmation_error=confirmed.confirmation_error,
+            ab=confirmed.ab,
         )
     try:
         winner, path = _write_winner(state, confirmed.measurements, confirmed.accuracy)
@@ -89,17 +105,31 @@ def finalize(state: TuneState, remeasure: bool = True) -> TuneResult:
             confirmed=confirmed.score,
             confirmation=confirmed.evaluation,
             failed=True,
+            ab=confirmed.ab,
         )
     changes = ", ".join(
         f"{k}: {v['from']!r} -> {v['to']!r}" for k, v in state.recipe.diff(winner).items()
     )
-    message = (
-        f"{rid}: candidate {best_id} confirmed at score {confirmed.score:.3f} vs the baseline's "
-        f"1.000 (tune score {state.best_score:.3f}); written to {path} as generation "
-        f"{winner.lineage.generation} ({changes})"
-    )
+    if confirmed.ab is not None:
+        how = (
+            f"{rid}: candidate {best_id} confirmed by an interleaved A/B: winner "
+            f"{confirmed.ab.describe()} (tune score {state.best_score:.3f})"
+        )
+    else:
+        how = (
+            f"{rid}: candidate {best_id} confirmed at score {confirmed.score:.3f} vs the "
+            f"baseline's 1.000 (tune score {state.best_score:.3f})"
+        )
+    message = f"{how}; written to {path} as generation {winner.lineage.generation} ({changes})"
     result = TuneResult(
-        winner, path, 1.0, state.best_score, message, confirmed.score, confirmed.evaluation
+        winner,
+        path,
+        1.0,
+        state.best_score,
+        message,
+        confirmed.score,
+        confirmed.evaluation,
+        ab=confirmed.ab,
     )
     return state.complete(result, confirmation=confirmed.evaluation)
 
@@ -140,11 +170,77 @@ def _remeasured(state: TuneState) -> _Confirmed | _Refused:
     return _Confirmed(confirmed, evaluation.measurements, accuracy, evaluation)
 
 
+def _ab_confirmed(state: TuneState) -> _Confirmed | _Refused:
+    """The best candidate A/B'd against the committed recipe: written only when the combined
+    ratio's interval lies above 1.0 and every floor holds, else the refusal says why."""
+    assert state.confirm is not None
+    best_id = state.best.content_hash
+    try:
+        ab = state.confirm(state.recipe, state.best)
+    except ForgeError as exc:
+        # The confirm callable reports boot failures itself; this covers one that raises.
+        ab = ABConfirmation(
+            state.objective.metric, state.objective.higher_is_better, error=str(exc)
+        )
+    evaluation = _ab_evaluation(ab)
+    combined = ab.combined
+    if ab.problem is not None or combined is None:
+        problem = ab.problem or "no ratio"
+        return _Refused(
+            f"the A/B confirmation of candidate {best_id} failed: {crash_summary(problem)}",
+            confirmation=evaluation,
+            confirmation_error=snippet(problem),
+            ab=ab,
+        )
+    if not ab.floors_hold:
+        return _Refused(
+            f"candidate {best_id} breaks a floor in the A/B confirmation "
+            f"({'; '.join(ab.floor_failures)}): {ab.describe()}",
+            confirmed=combined.ratio,
+            confirmation=evaluation,
+            ab=ab,
+        )
+    if not ab.confirmed:
+        return _Refused(
+            f"candidate {best_id} (tune score {state.best_score:.3f}) not confirmed: "
+            f"{ab.describe()}; a win needs the whole {ab.confidence:.0%} interval above 1.0",
+            confirmed=combined.ratio,
+            confirmation=evaluation,
+            ab=ab,
+        )
+    measurements = ab.measurements
+    missing = sorted({w.workload for w in ab.workloads} - set(measurements))
+    if missing:
+        return _Refused(
+            f"the A/B confirmation of candidate {best_id} kept no measurement of the winner "
+            f"on {', '.join(missing)}, so it has no baselines to write",
+            confirmed=combined.ratio,
+            ab=ab,
+        )
+    accuracy = {w.workload: w.accuracy for w in ab.workloads}
+    return _Confirmed(combined.ratio, measurements, accuracy, evaluation, ab)
+
+
+def _ab_evaluation(ab: ABConfirmation) -> Evaluation | None:
+    """The A/B's per-workload results as an evaluation, for the run's summary table."""
+    cases = ab.cases
+    if not cases:
+        return None
+    return Evaluation(
+        {c.workload: c.measurement for c in cases},
+        {c.workload: c.verdict for c in cases},
+        cases=cases,
+    )
+
+
 def _as_tuned(state: TuneState) -> _Confirmed:
     """The best candidate as the tune measured it (its stored record)."""
     measurements = state.standing.best_measurements
     assert measurements is not None
+    # The best's own record: under objective pareto the winner need not be the last keep.
+    best_id = state.best.content_hash
     kept = [r for r in state.standing.records if r.get("status") == "kept"]
+    kept = [r for r in kept if r.get("recipe_id") == best_id] or kept
     accuracy = dict(kept[-1].get("accuracy") or {})
     return _Confirmed(state.best_score, measurements, accuracy, None)
 
@@ -172,7 +268,11 @@ def _write_winner(
             )
         }
     )
-    return write_back(committed, winner, baselines)
+    written = write_back(committed, winner, baselines)
+    # The recording must match the baselines just written (this host) and be what the
+    # winner's agreement was judged against: experiment 0's outputs (reference_outputs.py).
+    record_exp0_outputs(written[1], state.reference_outputs, baselines)
+    return written
 
 
 def _untouched(
@@ -183,6 +283,7 @@ def _untouched(
     confirmation: Evaluation | None = None,
     confirmation_error: str | None = None,
     failed: bool = False,
+    ab: ABConfirmation | None = None,
 ) -> TuneResult:
     """Complete the run without writing to recipes/, saying why."""
     measured = state.standing.reference is not None
@@ -196,6 +297,7 @@ def _untouched(
             confirmed,
             confirmation,
             failed=failed,
+            ab=ab,
         ),
         confirmation=confirmation,
         confirmation_error=confirmation_error,

@@ -10,6 +10,12 @@ A candidate is kept only when its floors hold (accuracy, SLOs, no failed request
 tuner computed an accuracy floor and never applied it) and its score beats the best by more
 than both the user's minimum improvement and the run-to-run noise of the repeats (the seed
 kept candidates on one lucky run).
+
+Objective ``pareto`` keeps trade-offs rather than one number: its score is the throughput
+score (so the baseline, resume and the winner's confirmation work as for ``throughput``),
+but a candidate is kept when it joins the Pareto front of throughput, p99 TTFT, p99 TPOT
+and accuracy (``pareto.py``), and the tune's best is the front's highest-throughput point
+that holds every floor.
 """
 
 from __future__ import annotations
@@ -48,24 +54,43 @@ class Objective:
     metric: str  # the Measurement metric whose median over repeats is compared
     higher_is_better: bool
     unit: str
+    # How candidates are kept when not by this one score (objective pareto): replaces the
+    # description of the metric.
+    summary: str | None = None
 
     def describe(self) -> str:
         """One line for the tune's header: the metric, its unit and which way is better."""
+        if self.summary is not None:
+            return f"{self.name}: {self.summary}"
         direction = "higher" if self.higher_is_better else "lower"
         return (
             f"{self.name}: median {self.metric} over repeats ({self.unit}, {direction} is better)"
         )
 
 
-def _objective(name: str, metric: str, unit_note: str = "") -> Objective:
+def _objective(
+    name: str, metric: str, unit_note: str = "", summary: str | None = None
+) -> Objective:
     spec = METRICS[metric]  # name, unit and direction: the registry's
-    return Objective(name, spec.name, spec.higher_is_better, spec.unit + unit_note)
+    return Objective(name, spec.name, spec.higher_is_better, spec.unit + unit_note, summary)
 
 
+PARETO = "pareto"
 OBJECTIVES: dict[str, Objective] = {
     "throughput": _objective("throughput", "output_throughput"),
     "goodput": _objective("goodput", "goodput", " meeting every SLO"),
     "latency": _objective("latency", "e2el_p99_ms"),
+    # Scored (and confirmed) on throughput; kept when joining the front (pareto.py).
+    PARETO: _objective(
+        PARETO,
+        "output_throughput",
+        summary=(
+            "the Pareto front of median output throughput (higher is better) against p99 "
+            "TTFT and p99 TPOT (lower is better) and accuracy; a candidate is kept when no "
+            "front point beats it beyond the noise, and the best recipe is the front's "
+            "highest-throughput point that holds every floor"
+        ),
+    ),
 }
 
 # One repeat reports a CV of 0, which would claim a noiseless run. Assume instead the
@@ -152,6 +177,16 @@ def _cv(m: Scorable, metric: str) -> float:
     return abs(m.cv(metric))
 
 
+def metric_se(m: Scorable, metric: str) -> float:
+    """Relative standard error of ``metric``'s median over ``m``'s repeats.
+
+    About 1.2533 x cv / sqrt(n) for a median of n repeats; one repeat assumes
+    :data:`SINGLE_RUN_CV` rather than claiming a noiseless run.
+    """
+    n = max(1, len(getattr(m, "repeats", []) or [None]))
+    return 1.2533 * _cv(m, metric) / math.sqrt(n)
+
+
 def noise_band(
     name: str,
     candidate: Mapping[str, Scorable],
@@ -172,9 +207,7 @@ def noise_band(
     variance = 0.0
     for workload in workloads:
         for m in (candidate[workload], best[workload]):
-            n = max(1, len(getattr(m, "repeats", []) or [None]))
-            se = 1.2533 * _cv(m, metric) / math.sqrt(n)
-            variance += se**2
+            variance += metric_se(m, metric) ** 2
     return sigmas * math.sqrt(variance) / len(workloads)
 
 
@@ -197,12 +230,14 @@ def decide(
 
 __all__ = [
     "OBJECTIVES",
+    "PARETO",
     "SINGLE_RUN_CV",
     "Decision",
     "Objective",
     "Scorable",
     "check_reference",
     "decide",
+    "metric_se",
     "noise_band",
     "objective",
     "ratio",

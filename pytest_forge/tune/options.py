@@ -1,7 +1,8 @@
-"""A tune's options and the limits they set: experiment budget, time, spend, patience.
+"""A tune's options and the limits they set: experiment budget, time, spend, the layers.
 
-:func:`stop_reason` is the one place that decides whether another experiment may run;
-time and spend count across resumes, so a resumed run stops where the first would have.
+:func:`stop_reason` decides whether the run's limits allow another experiment; time and
+spend count across resumes, so a resumed run stops where the first would have. Patience
+counts per layer (``layers.py`` decides when a layer is done).
 """
 
 from __future__ import annotations
@@ -23,11 +24,26 @@ class TuneOptions:
     max_dollars: float | None = None  # agent spend, counted across resumes
     min_improvement: float = 0.02
     objective: str = "throughput"
-    patience: int = 3  # converged after this many experiments in a row without a keep
+    patience: int = 3  # a layer converged after this many experiments in a row without a keep
     noise_sigmas: float = 2.0
+    # The layers (layers.py): which run, and at most how many experiments each may use.
+    skip_config: bool = False
+    skip_quant: bool = False
+    start_layer: int = 1
+    max_config_experiments: int | None = None
+    max_quant_experiments: int | None = None
 
     def __post_init__(self) -> None:
         obj.objective(self.objective)  # raises, naming the valid choices
+        problem = layer_options_problem(
+            skip_config=self.skip_config,
+            skip_quant=self.skip_quant,
+            start_layer=self.start_layer,
+            max_config_experiments=self.max_config_experiments,
+            max_quant_experiments=self.max_quant_experiments,
+        )
+        if problem:
+            raise ForgeError(problem)
         if self.budget < 0:
             raise ForgeError(f"tune budget must be >= 0, got {self.budget}")
         if self.patience < 1:
@@ -42,6 +58,46 @@ class TuneOptions:
             raise ForgeError(f"max dollars must be >= 0, got {self.max_dollars}")
 
 
+def layer_options_problem(
+    *,
+    skip_config: bool,
+    skip_quant: bool,
+    start_layer: Any,
+    max_config_experiments: Any,
+    max_quant_experiments: Any,
+) -> str | None:
+    """What is wrong with the layer options, naming the option (None: nothing)."""
+    if isinstance(start_layer, bool) or start_layer not in (1, 2, 3):
+        return (
+            "--forge-start-layer must be 1 (config), 2 (quantization) or 3 (kernels), "
+            f"got {start_layer!r}"
+        )
+    for flag, cap in (
+        ("--forge-max-config-experiments", max_config_experiments),
+        ("--forge-max-quant-experiments", max_quant_experiments),
+    ):
+        if cap is not None and (not isinstance(cap, int) or isinstance(cap, bool) or cap < 1):
+            return f"{flag} must be an integer >= 1, got {cap!r}"
+    config = not skip_config and start_layer <= 1
+    quant = not skip_quant and start_layer <= 2
+    if not (config or quant):
+        given = [
+            flag
+            for flag, on in (
+                ("--forge-skip-config", skip_config),
+                ("--forge-skip-quant", skip_quant),
+                (f"--forge-start-layer {start_layer}", start_layer > 1),
+            )
+            if on
+        ]
+        return (
+            f"{' with '.join(given)} skips every layer: layer 3 (kernels) is scaffolded and "
+            "proposes nothing yet, so nothing would be tuned; keep layer 1 (config) or "
+            "layer 2 (quantization)"
+        )
+    return None
+
+
 def stop_reason(
     options: TuneOptions,
     slot: int,
@@ -49,9 +105,9 @@ def stop_reason(
     *,
     elapsed_s: float,
     spent_usd: float,
-    best_score: float,
 ) -> str | None:
-    """Why experiment ``slot`` must not run (a limit is reached), or None when it may.
+    """Why experiment ``slot`` must not run (a limit of the run is reached), or None when
+    it may. Convergence is per layer: see ``layers.decide_layer``.
 
     ``done`` is the stored candidate experiments (the baseline is not one), oldest first.
     """
@@ -64,18 +120,7 @@ def stop_reason(
         )
     if o.max_dollars is not None and spent_usd >= o.max_dollars:
         return f"budget of ${o.max_dollars:.2f} spent (${spent_usd:.2f} on agent calls)"
-    streak = 0
-    for record in reversed(done):
-        if record.get("status") == "kept":
-            break
-        streak += 1
-    if streak >= o.patience:
-        return (
-            f"converged: {streak} experiments in a row without a keep (patience "
-            f"{o.patience}, min improvement {o.min_improvement:.1%}); best score "
-            f"{best_score:.3f}"
-        )
     return None
 
 
-__all__ = ["TuneOptions", "stop_reason"]
+__all__ = ["TuneOptions", "layer_options_problem", "stop_reason"]

@@ -15,6 +15,7 @@ from pytest_forge.recipe import Recipe
 from pytest_forge.results import Evaluation
 from pytest_forge.tune.agent_types import HistoryEntry
 from pytest_forge.tune.agent_types import Status as StoredStatus
+from pytest_forge.tune.confirmation import ABConfirmation
 
 # What the agent may see in its history: skipped and error outcomes are never stored.
 STORED_STATUSES: tuple[str, ...] = get_args(StoredStatus)
@@ -55,6 +56,9 @@ class ExperimentOutcome:
     elapsed_s: float | None = None  # active tuning time when this experiment ended
     recipe: dict[str, Any] | None = None  # the serving setup that was measured
     measurements: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # How the validation read the agent's answer ("max_num_seqs read as config.max_num_seqs").
+    notes: list[str] = field(default_factory=list)
+    layer: int | None = None  # the tuning layer it ran in (layers.py; 0: the baseline)
 
     def to_record(self) -> dict[str, Any]:
         """The JSON record the run store appends (``resumed`` is not part of it)."""
@@ -70,6 +74,7 @@ class ExperimentOutcome:
         data["resumed"] = resumed
         for key in ("changes", "metrics", "accuracy", "usage", "measurements"):
             data[key] = data.get(key) or {}
+        data["notes"] = list(data.get("notes") or [])
         for key in ("rationale", "reason", "started_at"):
             data[key] = data.get(key) or ""
         data.setdefault("duration_s", 0.0)
@@ -100,6 +105,8 @@ class ExperimentOutcome:
             parts.append(self.reason)
         if self.rationale and self.status != "baseline":
             parts.append(f"rationale: {self.rationale}")
+        if self.notes:
+            parts.append("note: " + "; ".join(self.notes))
         return " — ".join(p for p in parts if p)
 
 
@@ -117,6 +124,7 @@ class TuneResult:
     # A winner was found but could not be written (the recipe file changed meanwhile):
     # the tune's last item fails with the message.
     failed: bool = False
+    ab: ABConfirmation | None = None  # the winner's interleaved A/B, when it ran
 
 
 # -- helpers ------------------------------------------------------------------------------

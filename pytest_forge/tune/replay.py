@@ -65,6 +65,8 @@ def replay(
     state.reference = _measurements(base)
     state.best_measurements = state.reference
     best = recipe if not state.already_written else _committed_from(recipe, base)
+    # A kept experiment's parent: the last keep, or under objective pareto any front point.
+    kept = {best.content_hash: best}
     for record in records:
         state.records.append(record)
         cost = (record.get("usage") or {}).get("cost_usd")
@@ -73,7 +75,9 @@ def replay(
         if isinstance(record.get("elapsed_s"), int | float):
             state.prior_elapsed = max(state.prior_elapsed, float(record["elapsed_s"]))
         if record.get("status") == "kept":
-            best = _replay_kept(best, record, run_dir / EXPERIMENTS)
+            parent = kept.get(str(record.get("parent_id")), best)
+            best = _replay_kept(parent, record, run_dir / EXPERIMENTS)
+            kept[best.content_hash] = best
             state.best_score = float(record["score"])
             state.best_measurements = _measurements(record)
             state.kept_rationales.append(str(record.get("rationale") or ""))
@@ -112,9 +116,10 @@ def _winner_written(records: list[dict[str, Any]], recipe: Recipe, run_dir: Path
     # finalize() writes the winner and then marks the run completed: a kill in
     # between leaves recipes/ holding this run's winner. Anything else is an edit.
     kept = [r for r in records if r.get("status") == "kept"]
+    # Any keep: under objective pareto the winner is the front's, not the last keep.
     if (
         kept
-        and recipe.content_hash == kept[-1].get("recipe_id")
+        and recipe.content_hash in {r.get("recipe_id") for r in kept}
         and recipe.lineage.parent_id == base.get("recipe_id")
     ):
         return True
@@ -148,6 +153,7 @@ def _committed_from(recipe: Recipe, base: Mapping[str, Any]) -> Recipe:
     setup = base.get("recipe") or {}
     return recipe.model_copy(
         update={
+            "model": setup.get("model") or recipe.model,  # a tune may switch checkpoints
             "config": setup.get("config", {}),
             "compilation": setup.get("compilation"),
             "quant": Quant.model_validate(setup.get("quant") or {}),

@@ -7,6 +7,9 @@ from pathlib import Path
 from typing import Any
 
 from pytest_forge.report import format_table
+from pytest_forge.tune.confirmation import stored_summary
+from pytest_forge.tune.objective import PARETO
+from pytest_forge.tune.pareto import FRONT_METRICS, LABELS
 from pytest_forge.tune.store import CONFIG, RunStore, runs_under
 from pytest_forge.tune.table import (
     best_record,
@@ -32,6 +35,18 @@ REPORT_COLUMNS = [
     "rationale",
 ]
 RATIONALE_WIDTH = 60
+# Objective pareto's front: tok/s as in the table below, the worst workload's p99s.
+FRONT_COLUMNS = [
+    "exp",
+    "id",
+    "role",
+    "tok/s",
+    "ttft_p99_ms",
+    "tpot_p99_ms",
+    "accuracy",
+    "vs exp 0",
+    "file",
+]
 
 
 def _resolve_run_dir(path: Path) -> Path:
@@ -46,7 +61,10 @@ def _resolve_run_dir(path: Path) -> Path:
 
 
 def _header(
-    run_dir: Path, config: Mapping[str, Any], records: Sequence[Mapping[str, Any]]
+    run_dir: Path,
+    config: Mapping[str, Any],
+    records: Sequence[Mapping[str, Any]],
+    front: Mapping[str, Any] | None = None,
 ) -> list[str]:
     """The lines above the table: recipe, objective, counts and the best so far."""
     counts: dict[str, int] = {}
@@ -64,6 +82,9 @@ def _header(
     breakdown = ", ".join(f"{n} {s}" for s, n in counts.items())
     lines.append(f"Total experiments: {len(records)}" + (f" ({breakdown})" if breakdown else ""))
     best = best_record(records)
+    winner = (front or {}).get("winner")
+    if isinstance(winner, int) and 0 <= winner < len(records):
+        best = records[winner]  # objective pareto: the front's winner, not the last keep
     if best is not None:
         summary = record_summary(best)
         lines += [
@@ -95,15 +116,63 @@ def _row(r: Mapping[str, Any]) -> list[str]:
     ]
 
 
+def _front_lines(front: Mapping[str, Any] | None) -> list[str]:
+    """Objective pareto: the front's points, their metrics and ready-to-commit files."""
+    points = [p for p in (front or {}).get("points") or [] if isinstance(p, Mapping)]
+    if not points:
+        return [
+            "Pareto front: the committed recipe alone (no candidate has joined it yet)",
+            "",
+        ]
+    noise = (front or {}).get("noise") or {}
+    lines = [
+        f"Pareto front: {len(points)} point(s) over tok/s (higher is better), TTFT p99 and "
+        "TPOT p99 (lower) and accuracy (higher)",
+        "vs exp 0: geometric mean over the workloads of each ratio to the committed recipe; "
+        "a point beats another only beyond the noise "
+        f"({fmt(num(noise.get('sigmas')), 'g')} sigma, at least "
+        f"{fmt(num(noise.get('min_change')), '.1%')})",
+        "winner: the front's highest-throughput point within every floor; files: "
+        "ready-to-commit recipes under the run directory",
+    ]
+    rows = []
+    for p in points:
+        role = "winner" if p.get("winner") else ("committed" if p.get("committed") else "front")
+        change = p.get("change") or {}
+        versus = ", ".join(
+            f"{LABELS[m]} {fmt(num(change.get(m)), '+.1%')}" for m in FRONT_METRICS if m in change
+        )
+        rows.append(
+            [
+                text(p.get("exp")),
+                text(p.get("recipe_id")),
+                role,
+                fmt(num(p.get("tok_s")), ".1f"),
+                fmt(num(p.get("ttft_p99_ms")), ".1f"),
+                fmt(num(p.get("tpot_p99_ms")), ".2f"),
+                fmt(num(p.get("accuracy")), ".3f"),
+                versus or "-",
+                text(p.get("file") or ("(recipes/)" if p.get("committed") else None)),
+            ]
+        )
+    table = format_table(FRONT_COLUMNS, rows)
+    lines += [line.rstrip() for line in table.splitlines()]
+    return [*lines, ""]
+
+
 def render_report(run_dir: Path) -> str:
     """The ``forge report RUN_DIR`` table: a header on the best so far, then every experiment."""
     run_dir = _resolve_run_dir(Path(run_dir))
     store = RunStore.open(run_dir)
     records = store.experiments()
-    lines = _header(run_dir, store.config, records)
+    config = store.config
+    pareto = PARETO in (config.get("objective"), records[0].get("objective") if records else None)
+    front = store.front() if pareto else None
+    lines = _header(run_dir, config, records, front)
     done = store.completed()
     if done is not None:
         lines.append(f"Status: completed — {one_line(done.get('message'))}")
+        lines += stored_summary(done)  # the winner's interleaved A/B, per workload
     else:
         lines.append("Status: unfinished (interrupted or still running; resumable)")
     lines.append("")
@@ -112,6 +181,8 @@ def render_report(run_dir: Path) -> str:
         lines.append("no experiments recorded yet")
         return "\n".join(lines)
 
+    if pareto:
+        lines += _front_lines(front)
     lines.append(
         "tok/s: mean over the workloads; p99_ms: the worst workload's E2E latency p99; "
         "accuracy: the worst workload's"

@@ -17,8 +17,15 @@ from pytest_forge.recipe import MeasuredWith, Recipe
 from pytest_forge.results import Evaluation
 from pytest_forge.tune import objective as obj
 from pytest_forge.tune.agent_types import Agent
+from pytest_forge.tune.confirmation import ABConfirmation
 from pytest_forge.tune.options import TuneOptions, stop_reason
 from pytest_forge.tune.records import STORED_STATUSES, ExperimentOutcome, TuneResult, usage_dict
+from pytest_forge.tune.reference_outputs import (
+    Evaluate,
+    ReferenceOutputs,
+    baseline_workloads,
+    load_exp0_outputs,
+)
 from pytest_forge.tune.replay import replay
 from pytest_forge.tune.store import RunStore
 
@@ -33,9 +40,10 @@ class TuneState:
         store: RunStore,
         options: TuneOptions,
         *,
-        evaluate: Callable[[Recipe], Evaluation],
+        evaluate: Evaluate,
         measured_with: Callable[[], MeasuredWith],
         clock: Callable[[], float] = time.monotonic,
+        confirm: Callable[[Recipe, Recipe], ABConfirmation] | None = None,
     ) -> None:
         self.recipe = recipe
         self.agent = agent
@@ -44,10 +52,18 @@ class TuneState:
         self.evaluate = evaluate
         self.measured_with = measured_with
         self.clock = clock
+        # (committed, winner) -> their interleaved A/B; None: finalize re-measures instead.
+        self.confirm = confirm
         self.objective = obj.objective(options.objective)
         self._t0 = clock()
         self._usage0 = usage_dict(agent)
         self.standing = replay(store.experiments(), recipe, options.objective, store.path)
+        # Experiment 0's outputs, what every candidate's agreement is judged against (None
+        # until the baseline is stored, or when it kept no text).
+        self.reference_outputs: ReferenceOutputs | None = None
+        if self.standing.records:
+            workloads = baseline_workloads(self.standing.records[0])
+            self.reference_outputs = load_exp0_outputs(store.path, workloads)
         # Why the committed recipe cannot be the reference (every slot is then skipped).
         self.baseline_error: str | None = None
         self.result: TuneResult | None = None  # finalize()'s, once it ran
@@ -106,14 +122,22 @@ class TuneState:
             [r for r in self.standing.records if r.get("status") != "baseline"],
             elapsed_s=self.elapsed_s(),
             spent_usd=self.spent_usd(),
-            best_score=self.standing.best_score,
         )
 
     # -- doing and recording -----------------------------------------------------------
-    def evaluate_safely(self, recipe: Recipe) -> Evaluation:
-        """Measure ``recipe``; a boot failure comes back as the evaluation's error."""
+    def evaluate_safely(
+        self, recipe: Recipe, reference_outputs: ReferenceOutputs | None = None
+    ) -> Evaluation:
+        """Measure ``recipe``; a boot failure comes back as the evaluation's error.
+
+        Agreement is judged against ``reference_outputs``, by default this run's experiment
+        0 outputs once stored (before that, as for exp 0 itself: the recipe's recording).
+        """
+        reference = reference_outputs if reference_outputs is not None else self.reference_outputs
         try:
-            return self.evaluate(recipe)
+            if reference is None:
+                return self.evaluate(recipe)
+            return self.evaluate(recipe, reference_outputs=reference)
         except ForgeError as exc:
             # A boot failure may arrive raised rather than returned; either way it is a
             # crash of this recipe, not of the tune.
@@ -154,6 +178,8 @@ class TuneState:
             summary["confirmation"] = {
                 w: m.headline() for w, m in confirmation.measurements.items()
             }
+        if result.ab is not None:
+            summary["ab_confirmation"] = result.ab.to_dict()
         if confirmation_error is not None:
             summary["confirmation_error"] = confirmation_error
         self.store.mark_completed(summary)

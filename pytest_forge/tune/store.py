@@ -5,6 +5,10 @@
     experiments.tsv    the same as a table for people   (regenerated after every append)
     experiments.json   the same as a JSON list for tools (regenerated after every append)
     best_recipe.yaml   the best recipe so far
+    exp0-outputs/      experiment 0's greedy outputs per workload (tune/reference_outputs.py)
+    front/             objective pareto: one ready-to-commit recipe per point of the Pareto
+                       front, ``<recipe_id>-<hash>.yaml`` (rewritten as the front changes)
+    front.json         the front those files belong to: each point's metrics and its file
     logs/              vLLM server logs of the run
     completed.json     written on a clean finish; absent = interrupted, resumable
 
@@ -21,8 +25,9 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import os
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -42,6 +47,8 @@ TABLE_JSON = "experiments.json"
 BEST_RECIPE = "best_recipe.yaml"
 COMPLETED = "completed.json"
 LOGS = "logs"
+FRONT = "front"
+FRONT_JSON = "front.json"
 CLAIM = "run"  # the run's owner holds the lock of <run>/run (the sidecar .run.lock)
 
 _RUN_NAME = re.compile(r"^(\d{3,})_")
@@ -63,6 +70,11 @@ def runs_under(root: Path) -> list[Path]:
         key=lambda p: (run_number(p), p.name),
         reverse=True,
     )
+
+
+def front_file_name(recipe_id: str, content_hash: str) -> str:
+    """A front recipe's file name under ``front/``: ``<recipe_id>-<hash>.yaml``."""
+    return f"{recipe_id}-{content_hash}.yaml"
 
 
 def _dump(data: Any) -> str:
@@ -221,6 +233,49 @@ class RunStore:
         # recipes must keep pointing at recipes/ (recorded outputs are found beside it).
         return recipe.model_copy().save(target)
 
+    def write_front(
+        self, recipes: Sequence[tuple[Recipe, str]], summary: Mapping[str, Any]
+    ) -> list[Path]:
+        """The Pareto front's recipes as ``front/<recipe_id>-<hash>.yaml``, then ``front.json``.
+
+        Each ``(recipe, header)`` becomes a full recipe file (the user's recipe file with the
+        recipe's values, so its comments carry over; loadable by ``Recipe.load``) under
+        ``header``, comment lines naming its measured metrics. ``Recipe.load`` wants
+        ``<id>.yaml``, so each file's id is ``<recipe_id>-<hash>``: commit it as a recipe of
+        its own, or over the original with the original's id. Files of recipes no longer on
+        the front are removed; ``summary`` (JSON) describes the front as written.
+        """
+        folder = self.path / FRONT
+        folder.mkdir(exist_ok=True)
+        written: list[Path] = []
+        for original, header in recipes:
+            target = folder / front_file_name(original.id, original.content_hash)
+            recipe = original.model_copy(update={"id": target.stem})
+            # Composed in a scratch file then renamed: a kill never leaves a front file
+            # whose header describes one recipe and whose body holds another.
+            scratch = folder / ".writing.yaml"
+            source = recipe.path
+            body = source.read_text(encoding="utf-8") if source and source.is_file() else ""
+            atomic_write(scratch, header + body)
+            recipe.save(scratch)  # a copy: the tune's recipe keeps its path
+            os.replace(scratch, target)
+            written.append(target)
+        keep = {p.name for p in written}
+        for stale in folder.glob("*.yaml"):
+            if stale.name not in keep:
+                stale.unlink(missing_ok=True)
+        fsync_dir(folder)
+        atomic_write(self.path / FRONT_JSON, _dump(dict(summary)))
+        return written
+
+    def front(self) -> dict[str, Any] | None:
+        """``front.json`` (objective pareto); None when the run has none or it is unreadable."""
+        try:
+            data = json.loads((self.path / FRONT_JSON).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+        return data if isinstance(data, dict) else None
+
     @property
     def best_recipe_path(self) -> Path:
         """Where the best recipe so far is kept (``best_recipe.yaml``)."""
@@ -257,4 +312,13 @@ class RunStore:
         return data if isinstance(data, dict) else None
 
 
-__all__ = ["CONFIG", "EXPERIMENTS", "RunStore", "run_number", "runs_under"]
+__all__ = [
+    "CONFIG",
+    "EXPERIMENTS",
+    "FRONT",
+    "FRONT_JSON",
+    "RunStore",
+    "front_file_name",
+    "run_number",
+    "runs_under",
+]

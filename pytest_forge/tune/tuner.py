@@ -21,8 +21,12 @@ from pytest_forge.errors import AgentError, ForgeError, RecipeError
 from pytest_forge.recipe import MeasuredWith, Recipe
 from pytest_forge.results import Evaluation
 from pytest_forge.tune import objective as obj
+from pytest_forge.tune import pareto_tune
 from pytest_forge.tune.agent_types import Agent, ProposalContext
+from pytest_forge.tune.confirmation import ABConfirmation
 from pytest_forge.tune.finalize import finalize
+from pytest_forge.tune.layer_spaces import TuneLayers
+from pytest_forge.tune.layers import LAYER_BASELINE, LayerSpaces
 from pytest_forge.tune.options import TuneOptions
 from pytest_forge.tune.records import (
     ExperimentOutcome,
@@ -36,6 +40,12 @@ from pytest_forge.tune.records import (
     snippet,
     usage_delta,
     usage_dict,
+)
+from pytest_forge.tune.reference_outputs import (
+    Evaluate,
+    baseline_floor_failures,
+    foreign_recordings,
+    save_exp0_outputs,
 )
 from pytest_forge.tune.replay import derive
 from pytest_forge.tune.state import TuneState
@@ -55,9 +65,11 @@ class Tuner(TuneState):
         hardware: Any,
         hardware_class: str,
         search_space: Any,
-        evaluate: Callable[[Recipe], Evaluation],
+        evaluate: Evaluate,
         measured_with: Callable[[], MeasuredWith],
         clock: Callable[[], float] = time.monotonic,
+        confirm: Callable[[Recipe, Recipe], ABConfirmation] | None = None,
+        layer_spaces: LayerSpaces | None = None,
     ) -> None:
         super().__init__(
             recipe,
@@ -67,10 +79,16 @@ class Tuner(TuneState):
             evaluate=evaluate,
             measured_with=measured_with,
             clock=clock,
+            confirm=confirm,
         )
         self.hardware = hardware
         self.hardware_class = hardware_class
-        self.search_space = search_space
+        self.search_space = search_space  # the class's whole space; each layer gets its part
+        # The layers climbed (layers.py); layer_spaces: each layer's space (tune_items builds
+        # it with the quantization layer's gates), else cut from search_space.
+        self.layers = TuneLayers.for_run(options, search_space, layer_spaces, store.path)
+        if self.objective.name == obj.PARETO:
+            pareto_tune.restore(self)  # the best is the front's winner, not the last keep
 
     # -- the steps ---------------------------------------------------------------------
     def run_baseline(self) -> ExperimentOutcome:
@@ -106,8 +124,12 @@ class Tuner(TuneState):
     def _store_baseline(
         self, evaluation: Evaluation, t_start: float, started_at: str
     ) -> ExperimentOutcome:
-        floors = floor_failures(evaluation)
+        # A recording from other hardware judges nothing here (reference_outputs.py).
+        foreign = foreign_recordings(self.recipe, self.hardware, evaluation)
+        floors = baseline_floor_failures(evaluation, foreign)
         reason = "reference for every score in this run"
+        if foreign:
+            reason += "; " + "; ".join(foreign[w] for w in sorted(foreign))
         if floors:
             reason += (
                 "; note: the committed recipe itself breaks a floor ("
@@ -129,6 +151,9 @@ class Tuner(TuneState):
             started_at=started_at,
         )
         outcome.best_score = 1.0
+        outcome.layer = LAYER_BASELINE
+        # Before the record: a resume that finds the baseline finds its outputs too.
+        self.reference_outputs = save_exp0_outputs(self.store.path, evaluation.measurements)
         self.append(outcome)
         self.standing.reference = dict(evaluation.measurements)
         self.standing.best_measurements = self.standing.reference
@@ -144,6 +169,11 @@ class Tuner(TuneState):
             self.run_baseline()  # a slot without its reference cannot be scored
         t_start, started_at = self.clock(), now_iso()
         stop = self.stop_reason(slot)
+        decision = None
+        if stop is None:
+            decision = self.layers.decide(self.standing.records, self.best_score)
+        if decision is not None and decision.layer is None:
+            stop = decision.reason  # every layer of the plan converged, used its cap, or is empty
         if stop is not None:
             return self._outcome(
                 exp=None,
@@ -159,6 +189,10 @@ class Tuner(TuneState):
         exp = len(self.standing.records)
         parent = self.best
         usage_before = usage_dict(self.agent)
+        notes: list[str] = []  # what the validation read into the agent's answer
+        assert decision is not None and decision.layer is not None
+        layer = decision.layer
+        entering = self.layers.entering(decision, self.standing.records)
 
         def finish(status: Status, **kw: Any) -> ExperimentOutcome:
             outcome = self._outcome(
@@ -172,15 +206,25 @@ class Tuner(TuneState):
                 **kw,
             )
             outcome.best_score = self.best_score if status != "kept" else outcome.score
+            outcome.notes = list(notes)
+            outcome.layer = layer
+            if entering:
+                outcome.reason = f"{outcome.reason} [{entering}]"
             self.append(outcome)
             return outcome
 
         try:
-            proposal = self.agent.propose(self._context())
+            proposal = self.agent.propose(self._context(layer))
         except AgentError as exc:
             return finish("invalid", candidate=None, reason=f"agent: {exc}")
         changes = dict(proposal.changes)
         rationale = str(proposal.rationale)
+        notes.extend(proposal.notes)
+        off_layer = self.layers.problem(changes, layer)
+        if off_layer:
+            return finish(
+                "invalid", candidate=None, changes=changes, rationale=rationale, reason=off_layer
+            )
         try:
             candidate = derive(parent, changes, rationale)
         except RecipeError as exc:
@@ -231,6 +275,10 @@ class Tuner(TuneState):
                 reason=f"could not be scored: {exc}",
                 evaluation=evaluation,
             )
+        if self.objective.name == obj.PARETO:  # kept when it joins the front
+            return pareto_tune.judge(
+                self, candidate, evaluation, score, finish, changes=changes, rationale=rationale
+            )
         broken = floor_failures(evaluation)
         noise = obj.noise_band(
             self.objective.name, evaluation.measurements, best, self.options.noise_sigmas
@@ -277,16 +325,17 @@ class Tuner(TuneState):
             "so the baseline scores 1.0"
         )
 
-    def _context(self) -> ProposalContext:
+    def _context(self, layer: int) -> ProposalContext:
         records = self.standing.records
         return ProposalContext(
             recipe=self.best,
             hardware=self.hardware,
             hardware_class=self.hardware_class,
-            search_space=self.search_space,
+            search_space=self.layers.space(layer),  # type: ignore[arg-type]  # None: unrestricted
             history=[history_entry(r) for r in records],
             objective=self._objective_text(),
             tried_hashes={str(r["recipe_id"]) for r in records if r.get("recipe_id")},
+            layer=layer,
         )
 
     def _outcome(

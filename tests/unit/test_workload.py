@@ -299,7 +299,7 @@ def test_loader_is_fast_on_10k_lines(tmp_path: Path) -> None:
 
 def test_bundled_workloads_load_with_expected_shape() -> None:
     found = discover_workloads(BUNDLED)
-    assert set(found) == {"chat", "shared-prefix", "bursty", "accuracy", "steady"}
+    assert set(found) == {"chat", "shared-prefix", "bursty", "accuracy", "steady", "crowd"}
     loaded = {name: load_workload(path) for name, path in found.items()}
 
     chat = loaded["chat"]
@@ -333,6 +333,12 @@ def test_bundled_workloads_load_with_expected_shape() -> None:
     assert len(steady) == 128 and steady.mode == "closed" and steady.replay.concurrency == 32
     assert {r.expected_output_tokens for r in steady} == {128}  # one last wave, no tail
     assert len({r.prompt for r in steady}) == 128  # prefix caching cannot flatter it
+
+    # The CPU recipe's tuning landscape: more users than its batch cap of 16 runs at once.
+    crowd = loaded["crowd"]
+    assert len(crowd) == 256 and crowd.mode == "closed" and crowd.replay.concurrency == 64
+    assert {r.expected_output_tokens for r in crowd} == {128}
+    assert len({r.prompt for r in crowd}) == 256
 
     for w in loaded.values():
         assert all(r.prompt and r.messages is None for r in w)
