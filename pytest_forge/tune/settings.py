@@ -10,7 +10,7 @@ given is taken from the run.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -98,22 +98,28 @@ def config_record(
     }
 
 
+def _tune_options(value: Callable[[str], Any]) -> TuneOptions:
+    """TuneOptions from one source of values by ForgeConfig attribute name (this command
+    line's, or a stored run's with this command line's as the default)."""
+    return TuneOptions(
+        budget=int(value("budget")),
+        max_hours=value("max_hours"),
+        max_dollars=value("max_dollars"),
+        min_improvement=float(value("min_improvement")),
+        objective=str(value("objective")),
+        patience=int(value("patience")),
+        skip_config=bool(value("skip_config")),
+        skip_quant=bool(value("skip_quant")),
+        start_layer=int(value("start_layer")),
+        max_config_experiments=value("max_config_experiments"),
+        max_quant_experiments=value("max_quant_experiments"),
+    )
+
+
 def fresh_settings(config: ForgeConfig, agent_spec: str) -> TuneSettings:
     """A new run's settings: this command line's."""
     return TuneSettings(
-        options=TuneOptions(
-            budget=config.budget,
-            max_hours=config.max_hours,
-            max_dollars=config.max_dollars,
-            min_improvement=config.min_improvement,
-            objective=config.objective,
-            patience=config.patience,
-            skip_config=config.skip_config,
-            skip_quant=config.skip_quant,
-            start_layer=config.start_layer,
-            max_config_experiments=config.max_config_experiments,
-            max_quant_experiments=config.max_quant_experiments,
-        ),
+        options=_tune_options(lambda key: getattr(config, key)),
         agent=agent_spec,
         playbook=config.playbook,
         repeats=config.repeats,
@@ -164,19 +170,7 @@ def resumed_settings(
     playbook = value("playbook", config.playbook)
     workloads = stored.get("workloads")
     return TuneSettings(
-        options=TuneOptions(
-            budget=int(value("budget", config.budget)),
-            max_hours=value("max_hours", config.max_hours),
-            max_dollars=value("max_dollars", config.max_dollars),
-            min_improvement=float(value("min_improvement", config.min_improvement)),
-            objective=str(value("objective", config.objective)),
-            patience=int(value("patience", config.patience)),
-            skip_config=bool(value("skip_config", config.skip_config)),
-            skip_quant=bool(value("skip_quant", config.skip_quant)),
-            start_layer=int(value("start_layer", config.start_layer)),
-            max_config_experiments=value("max_config_experiments", config.max_config_experiments),
-            max_quant_experiments=value("max_quant_experiments", config.max_quant_experiments),
-        ),
+        options=_tune_options(lambda key: value(key, getattr(config, key))),
         agent=str(agent),
         playbook=Path(playbook) if playbook else None,
         repeats=value("repeats", config.repeats),
